@@ -35,7 +35,7 @@ class Task:
             raise DataError(f"task {self.name!r} has no training examples", param="train")
 
 
-def _record(obj: object, line: int) -> Example:
+def _record(obj: object, line: int, max_chars: int | None = MAX_FIELD_CHARS) -> Example:
     if not isinstance(obj, dict):
         raise DataError("each record must be a JSON object", line=line)
     prompt = obj.get("prompt")
@@ -48,12 +48,13 @@ def _record(obj: object, line: int) -> Example:
         raise DataError('"prompt" and "completion" must be strings', line=line)
     if not prompt.strip() or not completion.strip():
         raise DataError('"prompt" and "completion" must not be empty', line=line)
-    if len(prompt) > MAX_FIELD_CHARS or len(completion) > MAX_FIELD_CHARS:
-        raise DataError(f"example longer than {MAX_FIELD_CHARS} characters", line=line)
+    if max_chars is not None and max(len(prompt), len(completion)) > max_chars:
+        raise DataError(f"example longer than {max_chars} characters", line=line)
     return Example(prompt=prompt, completion=completion)
 
 
-def parse_records(data: bytes | str, *, max_records: int = 100_000) -> list[Example]:
+def parse_records(data: bytes | str, *, max_records: int = 100_000,
+                  max_chars: int | None = MAX_FIELD_CHARS) -> list[Example]:
     """Parse JSONL (one object per line) or a JSON array. Validates everything before returning."""
     if isinstance(data, bytes):
         try:
@@ -71,9 +72,11 @@ def parse_records(data: bytes | str, *, max_records: int = 100_000) -> list[Exam
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON array: {exc.msg}", line=exc.lineno) from exc
+        if not isinstance(items, list) or not items:
+            raise DataError("a JSON file must hold a non-empty array of records")
         if len(items) > max_records:
             raise DataError(f"more than {max_records} records")
-        return [_record(obj, i + 1) for i, obj in enumerate(items)]
+        return [_record(obj, i + 1, max_chars) for i, obj in enumerate(items)]
     out: list[Example] = []
     for i, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -82,7 +85,7 @@ def parse_records(data: bytes | str, *, max_records: int = 100_000) -> list[Exam
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON: {exc.msg}", line=i) from exc
-        out.append(_record(obj, i))
+        out.append(_record(obj, i, max_chars))
         if len(out) > max_records:
             raise DataError(f"more than {max_records} records", line=i)
     if not out:
@@ -90,8 +93,8 @@ def parse_records(data: bytes | str, *, max_records: int = 100_000) -> list[Exam
     return out
 
 
-def read_records(path: str | Path) -> list[Example]:
-    return parse_records(Path(path).read_bytes())
+def read_records(path: str | Path, max_chars: int | None = MAX_FIELD_CHARS) -> list[Example]:
+    return parse_records(Path(path).read_bytes(), max_chars=max_chars)
 
 
 # --- TRACE-500 --------------------------------------------------------------------------------
@@ -119,8 +122,8 @@ def load_trace(
         train_file = folder / "train.json"
         if not train_file.exists():
             train_file = folder / "eval.json"  # MeetingBank: eval stands in for train
-        train = read_records(train_file)[:n_train]
-        test = read_records(folder / "test.json")[:n_test]
+        train = read_records(train_file, max_chars=None)[:n_train]  # trusted benchmark data
+        test = read_records(folder / "test.json", max_chars=None)[:n_test]
         if name == "ScienceQA" and answer_letter_only:
             train, test = ([Example(e.prompt, e.completion.split("\n")[0].strip()) for e in s]
                            for s in (train, test))

@@ -144,7 +144,7 @@ class ContinualLearner:
                     total_loss.backward()
                     self.strategy.after_backward()
                     opt.step()
-                    step, last = step + 1, float(loss)
+                    step, last = step + 1, loss.item()
                     if progress:
                         el = time.perf_counter() - t0
                         progress({"phase": "train", "task": task.name, "epoch": epoch, "step": step,

@@ -12,7 +12,7 @@ Choices where the paper is silent:
   backward pass. It is rescaled per tensor by the mean |grad| so that lambda is unit-free, and
   it goes through the same optimiser as the task gradient.
 - S keeps the top `sparsity` fraction of each tensor's gradient entries by magnitude.
-- The internal-node LCB subtracts half the spread of distances seen under the node (kdtree.py).
+- The internal-node LCB subtracts the node's radius (its spread; see kdtree.py).
 Ablations (config `search`): "none" = sparse updates without the penalty, "random" = a random
 earlier task per layer instead of the LCB search, "lcb" = the full method.
 """
@@ -48,7 +48,7 @@ class TreeLoRAPaper(Strategy):
     def begin_task(self, name: str, train: list[Encoded]) -> TrainSetup:
         if SHARED not in self.bank.names():
             self.bank.add(SHARED, seed=self.learner.cfg.train.seed)
-        self.searchers = [LCBSearch(self.kd, c=self.pc.lcb_c) for _ in range(self.n_blocks)]
+        self.searchers = [LCBSearch(self.kd, c=self.pc.lcb_c, layer=b) for b in range(self.n_blocks)]
         self._params = self._block_params()
         return TrainSetup({SHARED}, self.all_blocks((SHARED,)))
 
@@ -69,7 +69,7 @@ class TreeLoRAPaper(Strategy):
                 if self.pc.search == "random":
                     k = self.rng.randrange(len(self.kd))
                 else:
-                    k = self.searchers[layer].pull(lambda t: l1(flat, self.kd.signatures[t][layer]))
+                    k = self.searchers[layer].pull(lambda sig, f=flat, i=layer: l1(f, sig[i]))
                 self.selected.append(k)
                 ref = self.kd.signatures[k][layer].float().split([g.numel() for g in grads])
             for i, (p, g) in enumerate(zip(params, grads, strict=True)):

@@ -64,6 +64,11 @@ class EWC(SeqLoRA):
         out.update({f"anchor.{i}": a for i, a in enumerate(self.anchor)})
         return out
 
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        n = sum(k.startswith("fisher.") for k in tensors)
+        self.fisher = [tensors[f"fisher.{i}"] for i in range(n)]
+        self.anchor = [tensors[f"anchor.{i}"] for i in range(n)]
+
 
 class PerTaskLoRA(Strategy):
     """An independent adapter per task: the upper bound with the true task id."""
@@ -110,7 +115,7 @@ class OLoRA(Strategy):
         if not self.order:
             return loss
         orth = self.orthogonality()
-        self.last_orth = float(orth)
+        self.last_orth = float(orth.detach())
         return loss + self.learner.cfg.olora_lambda * orth
 
     def end_task(self, name: str, train: list[Encoded]) -> None:

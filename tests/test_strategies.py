@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from treelora_core import persist
+from treelora_core.batching import collate
+from treelora_core.export import export_peft
+from treelora_core.learner import ContinualLearner
+from treelora_core.strategies import STRATEGIES
+
+from .conftest import toy_task
+
+TASKS = [toy_task("alpha", "apple"), toy_task("beta", "zebra")]
+
+
+def logits_for(learner: ContinualLearner, task: str | None, prompts: list[str]) -> torch.Tensor:
+    enc = [learner.fmt.encode(toy_task("x", "y").train[0].__class__(p, "q")) for p in prompts]
+    ids, _ = collate(enc, learner.tok.pad_token_id)
+    with torch.no_grad(), learner.bank.routed_path(learner.path_for(task)):
+        return learner.model(input_ids=ids).logits
+
+
+def task_loss(learner: ContinualLearner, task_name: str | None, idx: int) -> float:
+    ids, labels = collate(learner.encode(TASKS[idx].train[:8]), learner.tok.pad_token_id)
+    with torch.no_grad(), learner.bank.routed_path(learner.path_for(task_name)):
+        return float(learner.loss(ids, labels))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_learns_two_tasks(tiny_learner, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner(strategy)
+    for t in TASKS:
+        report = learner.learn(t)
+        assert report.steps > 0 and report.trainable_params > 0
+    assert learner.task_names == ["alpha", "beta"]
+    name = "beta" if learner.strategy.needs_task_id else None
+    ids, labels = collate(learner.encode(TASKS[1].train[:8]), learner.tok.pad_token_id)
+    with torch.no_grad(), learner.bank.routed([]):
+        base_loss = float(learner.loss(ids, labels))
+    assert task_loss(learner, name, 1) < base_loss - 0.5  # it learned the second task
+    assert learner.strategy.stored_bytes() > 0
+
+
+@pytest.mark.parametrize("strategy", ["treelora", "per_task_lora"])
+def test_old_task_outputs_stay_bit_identical(tiny_learner, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner(strategy)
+    learner.learn(TASKS[0])
+    prompts = [e.prompt for e in TASKS[0].test]
+    first = logits_for(learner, "alpha", prompts)
+    learner.learn(TASKS[1])
+    assert torch.equal(logits_for(learner, "alpha", prompts), first)
+    assert not torch.equal(logits_for(learner, "beta", prompts), first)
+
+
+def test_treelora_shares_blocks_with_a_close_relative(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner("treelora")
+    learner.cfg.tree.share_threshold = -1.0  # everything counts as similar: share up to min_own_blocks
+    learner.learn(TASKS[0])
+    report = learner.learn(TASKS[1])
+    info = report.placement
+    assert info["relative"] == "alpha" and info["branch_at"] == 2 and info["shared_blocks"] == 2
+    assert info["warm_start"] and len(info["block_cosines"]) == 4
+    tree = learner.strategy.tree  # type: ignore[attr-defined]
+    tree.check()
+    a, b = tree.block_map("alpha"), tree.block_map("beta")
+    assert a[0] == b[0] and a[1] == b[1] and a[2] != b[2]
+    assert report.trainable_params < learner.learn(toy_task("gamma", "x")).trainable_params * 2
+
+
+def test_olora_orthogonality_term_is_nonzero(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner("o_lora")
+    learner.learn(TASKS[0])
+    assert learner.strategy.last_orth == 0.0  # type: ignore[attr-defined]
+    learner.learn(TASKS[1])
+    assert learner.strategy.last_orth > 0.0  # type: ignore[attr-defined]
+    path = learner.path_for(None)
+    assert path[0] == ("alpha", "beta")
+
+
+@pytest.mark.parametrize("search", ["lcb", "random", "none"])
+def test_paper_strategy_searches_per_layer(tiny_learner, search: str) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner("treelora_paper")
+    learner.cfg.paper.search = search
+    learner.learn(TASKS[0])
+    learner.learn(TASKS[1])
+    strat = learner.strategy
+    assert len(strat.kd) == 2  # type: ignore[attr-defined]
+    assert len(strat.selected) == (0 if search == "none" else 4)  # type: ignore[attr-defined]
+    assert all(k == 0 for k in strat.selected)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_save_load_round_trip(tiny_learner, tiny_base, tokenizer, tmp_path, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner(strategy)
+    for t in TASKS:
+        learner.learn(t)
+    persist.save(learner, tmp_path)
+    again = persist.load(tmp_path, copy.deepcopy(tiny_base), tokenizer)
+    assert persist.state_equal(learner, again)
+    assert again.strategy.to_json() == learner.strategy.to_json()
+    prompts = [e.prompt for e in TASKS[1].test]
+    task = "beta" if learner.strategy.needs_task_id else None
+    assert torch.equal(logits_for(again, task, prompts), logits_for(learner, task, prompts))
+    assert again.router.route(again.embed(prompts))[0][0] == learner.router.route(learner.embed(prompts))[0][0]
+
+
+@pytest.mark.parametrize("strategy", ["treelora", "o_lora"])
+def test_peft_export_gives_the_same_logits(tiny_learner, tiny_base, tmp_path, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    from peft import PeftModel
+
+    learner = tiny_learner(strategy)
+    for t in TASKS:
+        learner.learn(t)
+    task = "beta" if learner.strategy.needs_task_id else None
+    export_peft(learner, task, tmp_path)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(tiny_base), str(tmp_path))
+    prompts = [e.prompt for e in TASKS[1].test]
+    enc = [learner.fmt.encode(TASKS[1].test[0].__class__(p, "q")) for p in prompts]
+    ids, _ = collate(enc, learner.tok.pad_token_id)
+    with torch.no_grad():
+        theirs = peft_model(input_ids=ids).logits
+    torch.testing.assert_close(theirs, logits_for(learner, task, prompts), rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_task_predictions_match_single_requests(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner("treelora")
+    for t in TASKS:
+        learner.learn(t)
+    prompts = [TASKS[0].test[0].prompt, TASKS[1].test[0].prompt, TASKS[0].test[1].prompt]
+    paths = [learner.path_for(t) for t in ("alpha", "beta", "alpha")]
+    mixed = learner.generate(prompts, paths, max_new_tokens=4)
+    alone = [learner.generate([p], [q], max_new_tokens=4)[0] for p, q in zip(prompts, paths, strict=True)]
+    assert mixed == alone
+    auto = learner.predict(prompts, task="auto", max_new_tokens=4)
+    assert [p.task for p in auto] == ["alpha", "beta", "alpha"]
+    assert all(p.confidence is not None and 0 < p.confidence <= 1 for p in auto)
+    with pytest.raises(KeyError):
+        learner.predict(prompts, task="nope")
