@@ -31,9 +31,16 @@ def tokenizer() -> PreTrainedTokenizerBase:
 @pytest.fixture(scope="session")
 def tiny_base(tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attn_implementation="sdpa",
+    )
     model, _ = prepare(LlamaForCausalLM(cfg), tokenizer)
     return model
 
@@ -41,8 +48,12 @@ def tiny_base(tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
 @pytest.fixture
 def tiny_learner(tiny_base, tokenizer):  # type: ignore[no-untyped-def]
     def make(strategy: str, **kw: object) -> ContinualLearner:
-        cfg = StreamConfig(strategy=strategy, train=TrainConfig(epochs=2, batch_size=4, lr=5e-3, max_length=48),
-                           tree=TreeConfig(min_own_blocks=2, max_pulls=3, probe_batch=4), **kw)  # type: ignore[arg-type]
+        cfg = StreamConfig(
+            strategy=strategy,
+            train=TrainConfig(epochs=2, batch_size=4, lr=5e-3, max_length=48),
+            tree=TreeConfig(min_own_blocks=2, max_pulls=3, probe_batch=4),
+            **kw,
+        )  # type: ignore[arg-type]
         return ContinualLearner(copy.deepcopy(tiny_base), tokenizer, cfg)
 
     return make
@@ -51,7 +62,7 @@ def tiny_learner(tiny_base, tokenizer):  # type: ignore[no-untyped-def]
 def toy_task(name: str, word: str, n: int = 24) -> Task:
     """A task a tiny model can learn in a few steps: always answer `word`."""
     rows = [Example(f"Item {i} of {name}: what is it?", word) for i in range(n)]
-    return Task(name, rows[: n - 6], rows[n - 6:], "exact_match")
+    return Task(name, rows[: n - 6], rows[n - 6 :], "exact_match")
 
 
 @pytest.fixture(scope="session")

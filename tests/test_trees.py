@@ -34,8 +34,12 @@ def test_adapter_tree_paths_cover_every_block_once(ops: list[tuple[int, int]]) -
     assert again.to_json() == tree.to_json()
 
 
-vectors = st.lists(st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=3, max_size=3),
-                   min_size=2, max_size=12, unique_by=lambda v: tuple(round(x, 1) for x in v))
+vectors = st.lists(
+    st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=3, max_size=3),
+    min_size=2,
+    max_size=12,
+    unique_by=lambda v: tuple(round(x, 1) for x in v),
+)
 
 
 @given(vectors, st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=3, max_size=3))

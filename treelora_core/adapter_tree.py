@@ -102,8 +102,14 @@ class AdapterTree:
         return Split(leaf.id, b, moved)
 
     def to_json(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "version": self.version, "next": self._next,
-                "leaves": dict(self.leaves), "nodes": [asdict(n) for n in self.nodes.values()]}
+        return {
+            "start": self.start,
+            "end": self.end,
+            "version": self.version,
+            "next": self._next,
+            "leaves": dict(self.leaves),
+            "nodes": [asdict(n) for n in self.nodes.values()],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AdapterTree:

@@ -23,9 +23,7 @@ def collate(items: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tens
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over completion tokens. logits (B, T, V), labels (B, T)."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
-    )
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
 
 def supports_resume(model: PreTrainedModel) -> bool:
@@ -35,15 +33,33 @@ def supports_resume(model: PreTrainedModel) -> bool:
 
 
 def forward_from(model: PreTrainedModel, hidden: torch.Tensor, start: int) -> torch.Tensor:
-    """Logits from the hidden state entering block `start` (B, T, C), same maths as model(ids)."""
+    """Final (normed) hidden states from the hidden state entering block `start`: (B, T, C).
+    Same maths as model.model(ids); the LM head is applied by the caller."""
     inner = model.model
     pos = torch.arange(hidden.shape[1]).unsqueeze(0)
-    mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=None,
-                              past_key_values=None, position_ids=pos)
+    mask = create_causal_mask(
+        config=model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None, position_ids=pos
+    )
     pe = inner.rotary_emb(hidden, position_ids=pos)
     for layer in inner.layers[start:]:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=pe, position_ids=pos)
-    return model.lm_head(inner.norm(hidden))
+    return inner.norm(hidden)
+
+
+def head_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The LM loss with the vocabulary projection computed only where a label exists.
+
+    Completion tokens are a few of each example's tokens, and the head (C x vocab) costs as much
+    as several blocks, so this is the same loss as lm_loss at a fraction of the cost."""
+    keep = labels[:, 1:] != -100
+    logits = model.lm_head(hidden[:, :-1][keep])  # (n, V)
+    return torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep])
+
+
+def model_loss(model: PreTrainedModel, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if supports_resume(model):
+        return head_loss(model, model.model(input_ids=ids).last_hidden_state, labels)
+    return lm_loss(model(input_ids=ids).logits, labels)
 
 
 class PrefixCapture:
@@ -67,6 +83,59 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), t), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, t - len(s):] = torch.tensor(s)
-        mask[i, t - len(s):] = 1
+        ids[i, t - len(s) :] = torch.tensor(s)
+        mask[i, t - len(s) :] = 1
     return ids, mask
+
+
+class _Stop(Exception):
+    pass
+
+
+def hidden_after(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """Hidden state leaving block `n_blocks - 1`, without running the blocks after it."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
+        seen.append(output[0] if isinstance(output, tuple) else output)  # type: ignore[arg-type]
+        raise _Stop
+
+    handle = blocks(model)[n_blocks - 1].register_forward_hook(hook)
+    try:
+        model(input_ids=ids, attention_mask=mask)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+class PrefixCache:
+    """Hidden states entering block `start`, per example, recorded by the first pass over it.
+
+    While a branch trains, blocks before `start` hold nothing trainable, so their output for an
+    example never changes: later passes start from the cached state and skip the prefix.
+    """
+
+    def __init__(self, model: PreTrainedModel, start: int, *, enabled: bool = True) -> None:
+        self.model, self.start = model, start
+        self.enabled = enabled and start > 0 and supports_resume(model)
+        self.store: dict[object, torch.Tensor] = {}
+
+    def loss(self, ids: torch.Tensor, labels: torch.Tensor, keys: list, items: list[Encoded]) -> torch.Tensor:
+        if not self.enabled:
+            return model_loss(self.model, ids, labels)
+        if all(k in self.store for k in keys):
+            h = torch.zeros(len(keys), ids.shape[1], self.store[keys[0]].shape[-1])
+            for row, k in enumerate(keys):
+                h[row, : self.store[k].shape[0]] = self.store[k]
+            return head_loss(self.model, forward_from(self.model, h, self.start), labels)
+        cap = PrefixCapture(self.model, self.start)
+        try:
+            loss = model_loss(self.model, ids, labels)
+        finally:
+            cap.close()
+        assert cap.value is not None
+        for row, (k, item) in enumerate(zip(keys, items, strict=True)):
+            self.store[k] = cap.value[row, : len(item.input_ids)].clone()
+        return loss

@@ -53,8 +53,9 @@ def _record(obj: object, line: int, max_chars: int | None = MAX_FIELD_CHARS) -> 
     return Example(prompt=prompt, completion=completion)
 
 
-def parse_records(data: bytes | str, *, max_records: int = 100_000,
-                  max_chars: int | None = MAX_FIELD_CHARS) -> list[Example]:
+def parse_records(
+    data: bytes | str, *, max_records: int = 100_000, max_chars: int | None = MAX_FIELD_CHARS
+) -> list[Example]:
     """Parse JSONL (one object per line) or a JSON array. Validates everything before returning."""
     if isinstance(data, bytes):
         try:
@@ -100,15 +101,24 @@ def read_records(path: str | Path, max_chars: int | None = MAX_FIELD_CHARS) -> l
 # --- TRACE-500 --------------------------------------------------------------------------------
 
 TRACE_METRICS = {
-    "C-STANCE": "exact_match", "FOMC": "exact_match", "NumGLUE-cm": "exact_match",
-    "NumGLUE-ds": "exact_match", "ScienceQA": "exact_match", "MeetingBank": "rouge_l",
-    "Py150": "rouge_l", "20Minuten": "rouge_l",
+    "C-STANCE": "exact_match",
+    "FOMC": "exact_match",
+    "NumGLUE-cm": "exact_match",
+    "NumGLUE-ds": "exact_match",
+    "ScienceQA": "exact_match",
+    "MeetingBank": "rouge_l",
+    "Py150": "rouge_l",
+    "20Minuten": "rouge_l",
 }
 MIXED_STREAM = ("C-STANCE", "FOMC", "NumGLUE-cm", "NumGLUE-ds", "ScienceQA")
 
 
 def load_trace(
-    root: str | Path, names: tuple[str, ...] = MIXED_STREAM, *, n_train: int = 500, n_test: int = 100,
+    root: str | Path,
+    names: tuple[str, ...] = MIXED_STREAM,
+    *,
+    n_train: int = 500,
+    n_test: int = 100,
     answer_letter_only: bool = True,
 ) -> list[Task]:
     """TRACE-500 tasks from `root`. MeetingBank has no train split: its eval split stands in.
@@ -125,8 +135,7 @@ def load_trace(
         train = read_records(train_file, max_chars=None)[:n_train]  # trusted benchmark data
         test = read_records(folder / "test.json", max_chars=None)[:n_test]
         if name == "ScienceQA" and answer_letter_only:
-            train, test = ([Example(e.prompt, e.completion.split("\n")[0].strip()) for e in s]
-                           for s in (train, test))
+            train, test = ([Example(e.prompt, e.completion.split("\n")[0].strip()) for e in s] for s in (train, test))
         tasks.append(Task(name, train, test, TRACE_METRICS.get(name, "rouge_l")))
     return tasks
 
@@ -173,7 +182,12 @@ def wordnet_glosses(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
 
 
 def load_wordnet(
-    *, n_tasks: int = 5, n_train: int = 200, n_test: int = 100, seed: int = 0, root: Path = WORDNET_DIR,
+    *,
+    n_tasks: int = 5,
+    n_train: int = 200,
+    n_test: int = 100,
+    seed: int = 0,
+    root: Path = WORDNET_DIR,
 ) -> list[Task]:
     """A same-template classification stream: task i tells apart 4 supersenses (its label set)."""
     if not 1 <= n_tasks <= len(WORDNET_CLASSES):
@@ -187,9 +201,9 @@ def load_wordnet(
         for label in labels:
             glosses = rng.sample(groups[label], per)
             prompt_labels = ", ".join(labels)
-            rows += [Example(WORDNET_TEMPLATE.format(labels=prompt_labels, gloss=g), label)
-                     for g in glosses]
+            rows += [Example(WORDNET_TEMPLATE.format(labels=prompt_labels, gloss=g), label) for g in glosses]
         rng.shuffle(rows)
-        tasks.append(Task(f"wordnet-{i}-{'-'.join(labels)}", rows[:n_train],
-                          rows[n_train:n_train + n_test], "exact_match"))
+        tasks.append(
+            Task(f"wordnet-{i}-{'-'.join(labels)}", rows[:n_train], rows[n_train : n_train + n_test], "exact_match")
+        )
     return tasks

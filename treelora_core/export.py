@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from .learner import ContinualLearner
 
 
-def export_peft(learner: ContinualLearner, task: str | None, out_dir: str | FsPath,
-                base_model_name: str = "") -> FsPath:
+def export_peft(
+    learner: ContinualLearner, task: str | None, out_dir: str | FsPath, base_model_name: str = ""
+) -> FsPath:
     path = learner.path_for(task)
     r = learner.cfg.lora.r
     k_max = max((len(v) for v in path.values()), default=1)
@@ -33,8 +34,8 @@ def export_peft(learner: ContinualLearner, task: str | None, out_dir: str | FsPa
         a = torch.zeros(rank, mod.base.in_features)
         b = torch.zeros(mod.base.out_features, rank)
         for i, n in enumerate(adapters):
-            a[i * r:(i + 1) * r] = mod.lora_A[n].detach()
-            b[:, i * r:(i + 1) * r] = mod.lora_B[n].detach()
+            a[i * r : (i + 1) * r] = mod.lora_A[n].detach()
+            b[:, i * r : (i + 1) * r] = mod.lora_B[n].detach()
         prefix = f"base_model.model.{names[id(mod)]}"
         tensors[f"{prefix}.lora_A.weight"] = a.contiguous()
         tensors[f"{prefix}.lora_B.weight"] = b.contiguous()
@@ -42,10 +43,17 @@ def export_peft(learner: ContinualLearner, task: str | None, out_dir: str | FsPa
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank,
-        "lora_alpha": learner.cfg.lora.scaling * rank, "lora_dropout": 0.0, "bias": "none",
-        "target_modules": sorted(learner.cfg.lora.target_modules), "fan_in_fan_out": False,
-        "inference_mode": True, "base_model_name_or_path": base_model_name, "use_rslora": False,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": learner.cfg.lora.scaling * rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": sorted(learner.cfg.lora.target_modules),
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "base_model_name_or_path": base_model_name,
+        "use_rslora": False,
     }
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out

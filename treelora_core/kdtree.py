@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 Signature = list[torch.Tensor]  # one tensor per layer
+BALANCE = 0.75  # a subtree is rebuilt when one child holds more than this share of its tasks
 LayerDist = Callable[[Signature], float]  # distance from the query to a signature
 
 
@@ -73,7 +74,7 @@ class GradientKDTree:
         left = [t for t, d in zip(node.tasks, dists, strict=True) if d <= thr]
         right = [t for t, d in zip(node.tasks, dists, strict=True) if d > thr]
         if not right:  # all equally far: split by order so that the tree stays a tree
-            left, right = node.tasks[: len(node.tasks) // 2], node.tasks[len(node.tasks) // 2:]
+            left, right = node.tasks[: len(node.tasks) // 2], node.tasks[len(node.tasks) // 2 :]
         node.layer, node.threshold = layer, thr
         node.left, node.right = self._node(left), self._node(right)
         self._split(node.left, depth + 1)
@@ -99,14 +100,20 @@ class GradientKDTree:
             if node.is_leaf:
                 break
             assert node.left is not None and node.right is not None
-            go_left = l1(sig[node.layer], node.left.proto[node.layer]) <= l1(sig[node.layer], node.right.proto[node.layer])
-            node, depth = (node.left if go_left else node.right), depth + 1
+            go_left = l1(sig[node.layer], node.left.proto[node.layer]) <= l1(
+                sig[node.layer], node.right.proto[node.layer]
+            )
+            child = node.left if go_left else node.right
+            if len(node.tasks) >= 4 and len(child.tasks) + 1 > BALANCE * len(node.tasks):
+                break  # lopsided: rebuild this subtree with median splits (keeps depth O(log N))
+            node, depth = child, depth + 1
         self._split(node, depth)
         return idx
 
     def depth(self) -> int:
         def d(n: KDNode | None) -> int:
             return 0 if n is None or n.is_leaf else 1 + max(d(n.left), d(n.right))
+
         return d(self.root)
 
     def nearest(self, dist: LayerDist) -> int:

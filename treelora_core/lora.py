@@ -69,7 +69,7 @@ class LoRABank:
         self.modules: dict[tuple[int, str], MultiLoRALinear] = {}
         self.n_blocks = len(blocks(model))
         for i, block in enumerate(blocks(model)):
-            for parent_name, parent in block.named_modules():
+            for _parent_name, parent in block.named_modules():
                 for t in cfg.target_modules:
                     child = getattr(parent, t, None)
                     if isinstance(child, nn.Linear):

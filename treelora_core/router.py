@@ -26,7 +26,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Ten
 
 
 class PrototypeRouter:
-    def __init__(self, per_task: int = 8, temperature: float = 0.02) -> None:
+    def __init__(self, per_task: int = 16, temperature: float = 0.02) -> None:
         self.per_task, self.temperature = per_task, temperature
         self.names: list[str] = []
         self.protos: list[torch.Tensor] = []  # per task (k, C), unit rows

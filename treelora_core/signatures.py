@@ -36,8 +36,9 @@ class Prober:
             params = bank.set_trainable({PROBE})
             per_block = [[p for p in bank.params(PROBE, range(b, b + 1))[1::2]] for b in range(bank.n_blocks)]
             out = []
-            batches = self.learner.minibatches(train, first + n, batch_size=self.learner.cfg.tree.probe_batch,
-                                               seed=self.seed)[first:]
+            batches = self.learner.minibatches(
+                train, first + n, batch_size=self.learner.cfg.tree.probe_batch, seed=self.seed
+            )[first:]
             with bank.routed_path(self.learner.strategy.all_blocks((PROBE,))):
                 for ids, labels in batches:
                     grads = torch.autograd.grad(self.learner.loss(ids, labels), [p for ps in per_block for p in ps])

@@ -101,7 +101,7 @@ class OLoRA(Strategy):
     def begin_task(self, name: str, train: list[Encoded]) -> TrainSetup:
         self.bank.add(name, seed=self.learner.cfg.train.seed)
         self.current = name
-        return TrainSetup({name}, self.all_blocks(tuple(self.order) + (name,)))
+        return TrainSetup({name}, self.all_blocks((*tuple(self.order), name)))
 
     def orthogonality(self) -> torch.Tensor:
         total = torch.zeros(())

@@ -14,7 +14,7 @@ from ..models import Encoded
 from ..signatures import Prober, block_cosines, depth_weights, similarity
 from .base import Path, Strategy, TrainSetup
 
-MIN_PULLS = 2  # a stored signature averages at least two minibatches
+MIN_PULLS = 1  # one minibatch finds the nearest task for most tasks; LCB asks for more on close calls
 WARM_THRESHOLD = 0.3  # below this overall similarity a relative is no better than a fresh start
 
 
@@ -59,7 +59,7 @@ class TreeLoRA(Strategy):
         node = ROOT
         while self.tree.nodes[node].task is None:
             while True:
-                scored = sorted((self._lcb(pulls, c) + (c,) for c in self.tree.nodes[node].children))
+                scored = sorted((*self._lcb(pulls, c), c) for c in self.tree.nodes[node].children)
                 clear = len(scored) == 1 or scored[0][1] <= scored[1][0]
                 if clear or len(pulls) >= self.tc.max_pulls:
                     break
@@ -70,14 +70,19 @@ class TreeLoRA(Strategy):
         sig = pulls.mean(0)
         cos = block_cosines(sig, self.signatures[relative])
         shared = 0
-        for c in cos[self.tree.start:].tolist():
+        for c in cos[self.tree.start :].tolist():
             if c < self.tc.share_threshold:
                 break
             shared += 1
         b = self.tree.start + min(shared, self.tree.end - self.tree.start - self.tc.min_own_blocks)
         sim = similarity(sig, self.signatures[relative], self.weights)
-        info = {"relative": relative, "similarity": round(sim, 4), "pulls": len(pulls),
-                "block_cosines": [round(c, 3) for c in cos.tolist()], "branch_at": max(b, self.tree.start)}
+        info = {
+            "relative": relative,
+            "similarity": round(sim, 4),
+            "pulls": len(pulls),
+            "block_cosines": [round(c, 3) for c in cos.tolist()],
+            "branch_at": max(b, self.tree.start),
+        }
         return relative, max(b, self.tree.start), sig, info
 
     # -- the three hooks ------------------------------------------------------------------------
