@@ -42,8 +42,10 @@ class Profile:
 
 
 PROFILES = {
+    ("wordnet", "smoke"): Profile(2, 48, 8, 1, 64),  # checks the pipeline in a minute; numbers mean nothing
+    ("mixed", "smoke"): Profile(2, 48, 8, 1, 64),
     ("wordnet", "quick"): Profile(5, 160, 50, 2, 96),
-    ("mixed", "quick"): Profile(5, 160, 50, 2, 128),
+    ("mixed", "quick"): Profile(5, 120, 40, 2, 128),
     ("wordnet", "full"): Profile(6, 500, 100, 5, 128),
     ("mixed", "full"): Profile(8, 500, 100, 5, 512),
 }
@@ -103,7 +105,7 @@ def run_method(name: str, cfg: StreamConfig, base: Any, tok: Any, tasks: list[Ta
 
 
 def entry(R: list[list[float]], res: dict[str, Any], routing: float | None) -> dict[str, Any]:
-    s = summarize(R)
+    s = {k: float(v) for k, v in summarize(R).items() if v is not None}
     secs = [r.seconds for r in res["reports"]]
     return {
         "op": round(s["op"], 2),
@@ -119,7 +121,7 @@ def entry(R: list[list[float]], res: dict[str, Any], routing: float | None) -> d
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stream", choices=("wordnet", "mixed"), default="wordnet")
-    ap.add_argument("--profile", choices=("quick", "full"), default="quick")
+    ap.add_argument("--profile", choices=("smoke", "quick", "full"), default="quick")
     ap.add_argument("--methods", nargs="*", default=list(STRATEGIES) + list(ABLATIONS))
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--trace-root", type=Path, default=Path("../shared/data/trace-500"))

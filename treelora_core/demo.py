@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     tqdm.write(json.dumps({k: (round(v, 2) if v is not None else None) for k, v in summarize(R).items()}))
     tree = getattr(learner.strategy, "tree", None)
     if tree is not None:
-        for task in learner.task_names:
-            tqdm.write(f"path of {task}: " + " -> ".join(f"{n.id}[{n.lo},{n.hi})" for n in tree.path(task)))
+        for name in learner.task_names:
+            tqdm.write(f"path of {name}: " + " -> ".join(f"{n.id}[{n.lo},{n.hi})" for n in tree.path(name)))
     prompt = tasks[0].test[0].prompt
     pred = learner.predict([prompt], task="auto")[0]
     tqdm.write(f"predict(auto): {pred.text!r} via {pred.task} (confidence {pred.confidence})")

@@ -235,8 +235,9 @@ class ContinualLearner:
                 [self.fmt.encode_prompt(p, max_new_tokens) for p in prompts[i : i + batch_size]], self.tok.pad_token_id
             )
             plan = plans_for_rows(paths[i : i + batch_size], self.bank.n_blocks)
+            generate: Any = self.model.generate
             with self.bank.routed(plan):
-                seqs = self.model.generate(
+                seqs = generate(
                     input_ids=ids,
                     attention_mask=mask,
                     max_new_tokens=max_new_tokens,

@@ -26,7 +26,7 @@ def exact_match(pred: str, ref: str) -> float:
         pass
     if len(r) == 1 and r.isalpha():  # a letter answer: the first letter of the prediction decides
         m = re.match(r"\(?([a-z])\b", p)
-        return float(bool(m) and m.group(1) == r)
+        return float(m is not None and m.group(1) == r)
     return 0.0
 
 

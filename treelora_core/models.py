@@ -37,7 +37,7 @@ def smollm2_dir(cache: Path | None = None) -> Path:
     log.info("converting %s to an HF folder in %s (once, ~20 s)", _GGUF_FILE, target)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    model.hf_quantizer = None  # the weights are dequantised now; save them as plain fp32
+    model.hf_quantizer = None  # type: ignore[assignment]  # the weights are dequantised now; save them as plain fp32
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -70,7 +70,7 @@ def prepare(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> tuple[PreTr
     return model, tok
 
 
-def blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
+def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The transformer blocks of a decoder-only model (Llama, Mistral, Qwen, GPT-NeoX, GPT-2 ...)."""
     for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
         obj: object = model

@@ -35,17 +35,18 @@ def save(learner: ContinualLearner, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     strategy = learner.strategy
-    meta = {
+    adapters = sorted(learner.bank.names())
+    meta: dict[str, Any] = {
         "format": FORMAT,
         "config": asdict(learner.cfg),
         "tasks": learner.task_names,
         "metrics": learner.metrics,
         "router": learner.router.names,
         "strategy": strategy.to_json(),
-        "adapters": sorted(learner.bank.names()),
+        "adapters": adapters,
     }
-    tensors = {f"adapter/{n}/{k}": v.contiguous() for n in meta["adapters"] for k, v in learner.bank.state(n).items()}
-    extra = getattr(strategy, "extra_tensors", lambda: {})()
+    tensors = {f"adapter/{n}/{k}": v.contiguous() for n in adapters for k, v in learner.bank.state(n).items()}
+    extra = strategy.extra_tensors()
     tensors.update({f"strategy/{k}": v.contiguous() for k, v in extra.items()})
     tensors.update({f"router/{k}": v.contiguous() for k, v in learner.router.state().items()})
     save_file(tensors, str(out / "state.safetensors"))
@@ -65,9 +66,7 @@ def load(in_dir: str | Path, model: PreTrainedModel, tok: PreTrainedTokenizerBas
         learner.bank.load(name, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     learner.bank.set_trainable(set())
     learner.strategy.load_json(meta["strategy"])
-    loader = getattr(learner.strategy, "load_tensors", None)
-    if loader is not None:
-        loader({k[9:]: v for k, v in tensors.items() if k.startswith("strategy/")})
+    learner.strategy.load_tensors({k[9:]: v for k, v in tensors.items() if k.startswith("strategy/")})
     learner.router.load(meta["router"], {k[7:]: v for k, v in tensors.items() if k.startswith("router/")})
     learner.task_names, learner.metrics = list(meta["tasks"]), dict(meta["metrics"])
     return learner

@@ -65,3 +65,10 @@ class Strategy:
 
     def load_json(self, state: dict[str, Any]) -> None:
         """Restore what `to_json` wrote (adapter tensors are restored by the learner)."""
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors besides adapters that the strategy needs after a reload (signatures, Fisher)."""
+        return {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `extra_tensors` returned."""

@@ -24,10 +24,14 @@ from typing import Any
 
 import torch
 
-from ..kdtree import GradientKDTree, LCBSearch, l1
+from ..kdtree import GradientKDTree, LayerDist, LCBSearch, l1
 from ..models import Encoded
 from .base import Path, Strategy, TrainSetup
 from .simple import SHARED
+
+
+def _layer_distance(flat: torch.Tensor, layer: int) -> LayerDist:
+    return lambda sig: l1(flat, sig[layer])
 
 
 class TreeLoRAPaper(Strategy):
@@ -69,7 +73,7 @@ class TreeLoRAPaper(Strategy):
                 if self.pc.search == "random":
                     k = self.rng.randrange(len(self.kd))
                 else:
-                    k = self.searchers[layer].pull(lambda sig, f=flat, i=layer: l1(f, sig[i]))
+                    k = self.searchers[layer].pull(_layer_distance(flat, layer))
                 self.selected.append(k)
                 ref = self.kd.signatures[k][layer].float().split([g.numel() for g in grads])
             for i, (p, g) in enumerate(zip(params, grads, strict=True)):

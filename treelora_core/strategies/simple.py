@@ -104,6 +104,7 @@ class OLoRA(Strategy):
         return TrainSetup({name}, self.all_blocks((*tuple(self.order), name)))
 
     def orthogonality(self) -> torch.Tensor:
+        assert self.current is not None, "orthogonality is defined while a task trains"
         total = torch.zeros(())
         for mod in self.bank.modules.values():
             new = mod.lora_A[self.current]
