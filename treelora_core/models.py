@@ -98,10 +98,10 @@ class Formatter:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if self.chat:
-            ids = self.tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
             )
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            return list(self.tok(str(text), add_special_tokens=False)["input_ids"])
         return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
 
     def completion_ids(self, completion: str) -> list[int]:
