@@ -45,7 +45,7 @@ PROFILES = {
     ("wordnet", "smoke"): Profile(2, 48, 8, 1, 64),  # checks the pipeline in a minute; numbers mean nothing
     ("mixed", "smoke"): Profile(2, 48, 8, 1, 64),
     ("wordnet", "quick"): Profile(5, 160, 50, 2, 96),
-    ("mixed", "quick"): Profile(5, 120, 40, 2, 128),
+    ("mixed", "quick"): Profile(5, 96, 40, 2, 128),
     ("wordnet", "full"): Profile(6, 500, 100, 5, 128),
     ("mixed", "full"): Profile(8, 500, 100, 5, 512),
 }
