@@ -48,7 +48,7 @@ class TreeLoRA(Strategy):
         assert best is not None
         d, task = best
         n = len(d)
-        t = sum(len(self.tree.members(c)) for c in self.tree.nodes[ROOT].children) * n
+        t = len(self.tree.leaves) * n  # observations so far: every task compared with every pull
         radius = max(float(d.std()) if n > 1 else 0.05, 0.02) * math.sqrt(2 * math.log(max(t, 2)) / n)
         return float(d.mean()) - radius, float(d.mean()) + radius, task
 
