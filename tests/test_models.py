@@ -39,3 +39,4 @@ def test_bad_configs_are_rejected() -> None:
 def test_unknown_strategy_is_rejected(tiny_base, tokenizer) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="unknown strategy"):
         ContinualLearner(tiny_base, tokenizer, StreamConfig(strategy="nope"))
+    assert not any("lora" in n for n, _ in tiny_base.named_modules())  # the model was not touched

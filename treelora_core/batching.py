@@ -9,7 +9,7 @@ from transformers.masking_utils import create_causal_mask
 from .models import Encoded, blocks
 
 
-def collate(items: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(items: list[Encoded], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) ids and labels. Training needs no attention mask: with right padding
     and a causal mask, real tokens never see padding, and padded labels are -100."""
     t = max(len(e.input_ids) for e in items)
@@ -18,7 +18,7 @@ def collate(items: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tens
     for i, e in enumerate(items):
         ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
-    return ids, labels
+    return ids.to(device), labels.to(device)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def forward_from(model: PreTrainedModel, hidden: torch.Tensor, start: int) -> to
     """Final (normed) hidden states from the hidden state entering block `start`: (B, T, C).
     Same maths as model.model(ids); the LM head is applied by the caller."""
     inner = model.model
-    pos = torch.arange(hidden.shape[1]).unsqueeze(0)
+    pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
     mask = create_causal_mask(
         config=model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None, position_ids=pos
     )
@@ -77,7 +77,9 @@ class PrefixCapture:
         self.handle.remove()
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask for generation and embeddings."""
     t = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
@@ -85,7 +87,7 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     for i, s in enumerate(seqs):
         ids[i, t - len(s) :] = torch.tensor(s)
         mask[i, t - len(s) :] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 class _Stop(Exception):
@@ -126,7 +128,7 @@ class PrefixCache:
         if not self.enabled:
             return model_loss(self.model, ids, labels)
         if all(k in self.store for k in keys):
-            h = torch.zeros(len(keys), ids.shape[1], self.store[keys[0]].shape[-1])
+            h = ids.new_zeros((len(keys), ids.shape[1], self.store[keys[0]].shape[-1]), dtype=self.store[keys[0]].dtype)
             for row, k in enumerate(keys):
                 h[row, : self.store[k].shape[0]] = self.store[k]
             return head_loss(self.model, forward_from(self.model, h, self.start), labels)

@@ -127,11 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trace-root", type=Path, default=Path("../shared/data/trace-500"))
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda for the full profile")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     prof = PROFILES[(args.stream, args.profile)]
     tasks = load_stream(args.stream, prof, args.trace_root)
-    base, tok = load_base(args.model)
+    base, tok = load_base(args.model, device=args.device)
     train = TrainConfig(epochs=prof.epochs, max_length=prof.max_length, seed=args.seed)
     zero_learner = ContinualLearner(copy.deepcopy(base), tok, StreamConfig(train=train))
     zero_shot = [zero_learner.evaluate(t, "base") for t in tasks]

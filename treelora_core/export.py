@@ -34,8 +34,8 @@ def export_peft(
         a = torch.zeros(rank, mod.base.in_features)
         b = torch.zeros(mod.base.out_features, rank)
         for i, n in enumerate(adapters):
-            a[i * r : (i + 1) * r] = mod.lora_A[n].detach()
-            b[:, i * r : (i + 1) * r] = mod.lora_B[n].detach()
+            a[i * r : (i + 1) * r] = mod.lora_A[n].detach().cpu()
+            b[:, i * r : (i + 1) * r] = mod.lora_B[n].detach().cpu()
         prefix = f"base_model.model.{names[id(mod)]}"
         tensors[f"{prefix}.lora_A.weight"] = a.contiguous()
         tensors[f"{prefix}.lora_B.weight"] = b.contiguous()

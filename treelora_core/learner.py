@@ -20,7 +20,7 @@ from .lora import LoRABank, plans_for_rows
 from .metrics import score
 from .models import Encoded, Formatter, load_base
 from .router import PrototypeRouter
-from .strategies import make_strategy
+from .strategies import check_strategy, make_strategy
 from .strategies.base import Path, TrainSetup
 
 Progress = Callable[[dict[str, Any]], None]
@@ -51,6 +51,8 @@ class ContinualLearner:
     def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: StreamConfig | None = None) -> None:
         self.model, self.tok = model, tok
         self.cfg = cfg or StreamConfig()
+        check_strategy(self.cfg.strategy)  # before the model is touched
+        self.device = next(model.parameters()).device  # adapters and batches live beside the base
         self.bank = LoRABank(model, self.cfg.lora)
         self.fmt = Formatter(tok, chat_template=self.cfg.chat_template, max_length=self.cfg.train.max_length)
         self.strategy = make_strategy(self.cfg.strategy, self)
@@ -77,7 +79,10 @@ class ContinualLearner:
         bs = batch_size or self.cfg.train.batch_size
         order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(seed)).tolist()
         order = (order * (1 + n * bs // max(len(order), 1)))[: n * bs]
-        return [collate([enc[j] for j in order[i * bs : (i + 1) * bs]], self.tok.pad_token_id) for i in range(n)]
+        return [
+            collate([enc[j] for j in order[i * bs : (i + 1) * bs]], self.tok.pad_token_id, self.device)
+            for i in range(n)
+        ]
 
     def _val_loss(self, val: list[Encoded], cache: PrefixCache) -> float:
         if not val:
@@ -87,7 +92,7 @@ class ContinualLearner:
             for i in range(0, len(val), 16):
                 keys = list(range(i, min(i + 16, len(val))))
                 items = [val[k] for k in keys]
-                ids, labels = collate(items, self.tok.pad_token_id)
+                ids, labels = collate(items, self.tok.pad_token_id, self.device)
                 n = int((labels[:, 1:] != -100).sum())
                 total += float(cache.loss(ids, labels, [("val", k) for k in keys], items)) * n
                 count += n
@@ -135,7 +140,7 @@ class ContinualLearner:
                         raise InterruptedError("training cancelled")
                     idx = order[i : i + tc.batch_size]
                     items = [train[j] for j in idx]
-                    ids, labels = collate(items, self.tok.pad_token_id)
+                    ids, labels = collate(items, self.tok.pad_token_id, self.device)
                     loss = cache.loss(ids, labels, idx, items)
                     opt.zero_grad(set_to_none=True)
                     self.strategy.penalty(loss).backward()
@@ -204,11 +209,11 @@ class ContinualLearner:
         with self.bank.routed([]):
             for i in range(0, len(prompts), batch_size):
                 ids, mask = left_pad(
-                    [self.fmt.encode_prompt(p) for p in prompts[i : i + batch_size]], self.tok.pad_token_id
+                    [self.fmt.encode_prompt(p) for p in prompts[i : i + batch_size]], self.tok.pad_token_id, self.device
                 )
                 h = hidden_after(self.model, ids, mask, max(1, self.bank.n_blocks // 4))
                 m = mask.unsqueeze(-1).float()
-                out.append((h * m).sum(1) / m.sum(1))
+                out.append(((h * m).sum(1) / m.sum(1)).cpu())
         return torch.cat(out)
 
     def resolve(self, prompts: list[str], task: str | None) -> list[tuple[str | None, float | None]]:
@@ -232,7 +237,9 @@ class ContinualLearner:
         out: list[str] = []
         for i in range(0, len(prompts), batch_size):
             ids, mask = left_pad(
-                [self.fmt.encode_prompt(p, max_new_tokens) for p in prompts[i : i + batch_size]], self.tok.pad_token_id
+                [self.fmt.encode_prompt(p, max_new_tokens) for p in prompts[i : i + batch_size]],
+                self.tok.pad_token_id,
+                self.device,
             )
             plan = plans_for_rows(paths[i : i + batch_size], self.bank.n_blocks)
             generate: Any = self.model.generate

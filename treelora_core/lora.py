@@ -35,11 +35,12 @@ class MultiLoRALinear(nn.Module):
 
     def add(self, name: str, r: int, generator: torch.Generator | None = None) -> None:
         """A Kaiming-uniform, B zeros: a new adapter starts as the identity (as in PEFT/litgpt)."""
-        a = torch.empty(r, self.base.in_features)
+        a = torch.empty(r, self.base.in_features)  # drawn on the CPU: same init on every device
         bound = 1.0 / math.sqrt(self.base.in_features) * math.sqrt(3.0) * math.sqrt(2.0 / (1 + 5))
         a.uniform_(-bound, bound, generator=generator)
-        self.lora_A[name] = nn.Parameter(a)
-        self.lora_B[name] = nn.Parameter(torch.zeros(self.base.out_features, r))
+        dev = self.base.weight.device
+        self.lora_A[name] = nn.Parameter(a.to(dev))
+        self.lora_B[name] = nn.Parameter(torch.zeros(self.base.out_features, r, device=dev))
 
     def delta(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
         out = None
@@ -57,6 +58,7 @@ class MultiLoRALinear(nn.Module):
             if rows is None:
                 y = y + self.delta(x, names)
             else:
+                rows = rows.to(y.device)
                 y = y.index_add(0, rows, self.delta(x[rows], names))
         return y
 
@@ -114,8 +116,8 @@ class LoRABank:
         out = {}
         for (b, t), mod in self.modules.items():
             if name in mod.lora_A:
-                out[f"{b}.{t}.A"] = mod.lora_A[name].detach().clone()
-                out[f"{b}.{t}.B"] = mod.lora_B[name].detach().clone()
+                out[f"{b}.{t}.A"] = mod.lora_A[name].detach().cpu().clone()
+                out[f"{b}.{t}.B"] = mod.lora_B[name].detach().cpu().clone()
         return out
 
     def load(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -123,7 +125,7 @@ class LoRABank:
             b, t, which = key.rsplit(".", 2)
             mod = self.modules[(int(b), t)]
             store = mod.lora_A if which == "A" else mod.lora_B
-            store[name] = nn.Parameter(value.detach().clone().float())
+            store[name] = nn.Parameter(value.detach().clone().float().to(mod.base.weight.device))
 
     def rename(self, old: str, new: str, block_range: range) -> None:
         """Move an adapter's blocks in `block_range` to another name (a node split: no maths change)."""

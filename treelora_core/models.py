@@ -53,11 +53,12 @@ def resolve_model(name_or_path: str | None) -> str:
     return name_or_path
 
 
-def load_base(name_or_path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a frozen causal LM (fp32, SDPA attention) and its tokenizer. Never downloads offline."""
+def load_base(name_or_path: str | None = None, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a frozen causal LM (fp32, SDPA attention) on `device` and its tokenizer."""
     path = resolve_model(name_or_path)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    model.to(torch.device(device))  # type: ignore[arg-type]
     return prepare(model, tok)
 
 

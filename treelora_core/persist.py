@@ -45,10 +45,12 @@ def save(learner: ContinualLearner, out_dir: str | Path) -> Path:
         "strategy": strategy.to_json(),
         "adapters": adapters,
     }
-    tensors = {f"adapter/{n}/{k}": v.contiguous() for n in adapters for k, v in learner.bank.state(n).items()}
+    tensors = {
+        f"adapter/{n}/{k}": v.detach().cpu().contiguous() for n in adapters for k, v in learner.bank.state(n).items()
+    }
     extra = strategy.extra_tensors()
-    tensors.update({f"strategy/{k}": v.contiguous() for k, v in extra.items()})
-    tensors.update({f"router/{k}": v.contiguous() for k, v in learner.router.state().items()})
+    tensors.update({f"strategy/{k}": v.detach().cpu().contiguous() for k, v in extra.items()})
+    tensors.update({f"router/{k}": v.detach().cpu().contiguous() for k, v in learner.router.state().items()})
     save_file(tensors, str(out / "state.safetensors"))
     (out / "learner.json").write_text(json.dumps(meta, indent=1))
     return out

@@ -46,7 +46,7 @@ class Prober:
                     rows = []
                     for ps in per_block:
                         vec = torch.cat([next(it).flatten() for _ in ps])
-                        rows.append(vec @ self._projection(vec.numel()))
+                        rows.append(vec.cpu() @ self._projection(vec.numel()))
                     out.append(torch.stack(rows))
             del params
         finally:

@@ -22,8 +22,11 @@ def _registry() -> dict[str, type[Strategy]]:
 STRATEGIES = ("treelora", "treelora_paper", "seq_lora", "o_lora", "per_task_lora", "ewc")
 
 
-def make_strategy(name: str, learner: ContinualLearner) -> Strategy:
-    reg = _registry()
-    if name not in reg:
+def check_strategy(name: str) -> None:
+    if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}", param="strategy")
-    return reg[name](learner)
+
+
+def make_strategy(name: str, learner: ContinualLearner) -> Strategy:
+    check_strategy(name)
+    return _registry()[name](learner)

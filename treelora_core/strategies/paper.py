@@ -69,13 +69,13 @@ class TreeLoRAPaper(Strategy):
         for layer, params in enumerate(self._params):
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             if use_penalty:
-                flat = torch.cat([g.flatten() for g in grads])
+                flat = torch.cat([g.flatten() for g in grads]).cpu()
                 if self.pc.search == "random":
                     k = self.rng.randrange(len(self.kd))
                 else:
                     k = self.searchers[layer].pull(_layer_distance(flat, layer))
                 self.selected.append(k)
-                ref = self.kd.signatures[k][layer].float().split([g.numel() for g in grads])
+                ref = self.kd.signatures[k][layer].float().to(grads[0].device).split([g.numel() for g in grads])
             for i, (p, g) in enumerate(zip(params, grads, strict=True)):
                 new = self._sparsify(g)
                 if use_penalty:
@@ -88,13 +88,13 @@ class TreeLoRAPaper(Strategy):
         for p in params:
             p.requires_grad_(True)
         batches = self.learner.minibatches(train, n=self.pc.signature_batches, seed=len(self.task_order))
-        total = [torch.zeros(sum(p.numel() for p in ps)) for ps in self._params]
+        total = [torch.zeros(sum(p.numel() for p in ps)) for ps in self._params]  # on the CPU
         with self.bank.routed_path(self.all_blocks((SHARED,))):
             for ids, labels in batches:
                 grads = torch.autograd.grad(self.learner.loss(ids, labels), params)
                 it = iter(grads)
                 for layer, ps in enumerate(self._params):
-                    total[layer] += torch.cat([next(it).flatten() for _ in ps]) / len(batches)
+                    total[layer] += torch.cat([next(it).flatten() for _ in ps]).cpu() / len(batches)
         for p in params:
             p.requires_grad_(False)
         self.kd.insert([t.half() for t in total])

@@ -66,8 +66,8 @@ class EWC(SeqLoRA):
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         n = sum(k.startswith("fisher.") for k in tensors)
-        self.fisher = [tensors[f"fisher.{i}"] for i in range(n)]
-        self.anchor = [tensors[f"anchor.{i}"] for i in range(n)]
+        self.fisher = [tensors[f"fisher.{i}"].to(self.learner.device) for i in range(n)]
+        self.anchor = [tensors[f"anchor.{i}"].to(self.learner.device) for i in range(n)]
 
 
 class PerTaskLoRA(Strategy):
@@ -105,7 +105,7 @@ class OLoRA(Strategy):
 
     def orthogonality(self) -> torch.Tensor:
         assert self.current is not None, "orthogonality is defined while a task trains"
-        total = torch.zeros(())
+        total = next(iter(self.bank.modules.values())).base.weight.new_zeros(())
         for mod in self.bank.modules.values():
             new = mod.lora_A[self.current]
             for old in self.order:
