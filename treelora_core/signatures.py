@@ -33,7 +33,7 @@ class Prober:
         bank = self.learner.bank
         bank.add(PROBE, seed=self.seed)  # same seeded A every time: a shared probe point
         try:
-            params = bank.set_trainable({PROBE})
+            bank.set_trainable({PROBE})
             per_block = [[p for p in bank.params(PROBE, range(b, b + 1))[1::2]] for b in range(bank.n_blocks)]
             out = []
             batches = self.learner.minibatches(
@@ -48,7 +48,6 @@ class Prober:
                         vec = torch.cat([next(it).flatten() for _ in ps])
                         rows.append(vec.cpu() @ self._projection(vec.numel()))
                     out.append(torch.stack(rows))
-            del params
         finally:
             bank.set_trainable(set())
             bank.remove(PROBE)
