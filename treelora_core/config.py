@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .errors import ConfigError
+
+STRATEGIES = ("treelora", "treelora_paper", "seq_lora", "o_lora", "per_task_lora", "ewc")
 
 
 @dataclass
@@ -104,3 +107,54 @@ class StreamConfig:
     chat_template: bool = False  # format prompts with the tokenizer's chat template
     ewc_lambda: float = 100.0  # EWC penalty weight (diagonal Fisher on the LoRA params)
     olora_lambda: float = 0.5  # O-LoRA orthogonality weight lambda1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}", param="strategy"
+            )
+
+
+def _build(cls: type, d: Any, section: str) -> Any:
+    """A config dataclass from a dict; unknown or mistyped fields are a ConfigError naming them."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{section} must be an object", param=section)
+    known = {f.name: f for f in fields(cls)}
+    pre = "" if section == "config" else f"{section}."
+    for key, value in d.items():
+        if key not in known:
+            raise ConfigError(f"unknown field {key!r} in {section}", param=f"{pre}{key}")
+        want = known[key].type
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, int | float) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+        }.get(str(want), True)
+        if not ok:
+            raise ConfigError(f"{pre}{key} must be of type {want}", param=f"{pre}{key}")
+    try:
+        return cls(**d)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), param=f"{pre}{exc.param}" if exc.param else section) from None
+
+
+def config_from_dict(d: dict[str, Any]) -> StreamConfig:
+    """A StreamConfig from nested dicts (JSON), validated field by field."""
+    d = dict(d)
+    lora = dict(d.pop("lora", None) or {})
+    if "target_modules" in lora:
+        tm = lora["target_modules"]
+        if not isinstance(tm, list | tuple) or not all(isinstance(t, str) and t.isidentifier() for t in tm):
+            raise ConfigError("lora.target_modules must be a list of module names", param="lora.target_modules")
+        lora["target_modules"] = tuple(tm)
+    sections = {
+        "lora": _build(LoraConfig, lora, "lora"),
+        "train": _build(TrainConfig, d.pop("train", None) or {}, "train"),
+        "tree": _build(TreeConfig, d.pop("tree", None) or {}, "tree"),
+        "paper": _build(PaperConfig, d.pop("paper", None) or {}, "paper"),
+    }
+    top = _build(StreamConfig, d, "config")
+    for name, value in sections.items():
+        setattr(top, name, value)
+    return top  # type: ignore[no-any-return]

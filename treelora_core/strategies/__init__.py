@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import STRATEGIES
 from ..errors import ConfigError
 from .base import Strategy
 from .simple import EWC, OLoRA, PerTaskLoRA, SeqLoRA
@@ -17,9 +18,6 @@ def _registry() -> dict[str, type[Strategy]]:
     from .tree import TreeLoRA
 
     return {c.name: c for c in (TreeLoRA, TreeLoRAPaper, SeqLoRA, OLoRA, PerTaskLoRA, EWC)}
-
-
-STRATEGIES = ("treelora", "treelora_paper", "seq_lora", "o_lora", "per_task_lora", "ewc")
 
 
 def check_strategy(name: str) -> None:

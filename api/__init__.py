@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI routes over service functions, ORM models, settings, storage."""

@@ -1,0 +1,47 @@
+"""Service errors: one shape on the wire, `{"error": {"code", "message", "param"?, "line"?}}`.
+Service functions raise these; the HTTP layer only maps them to a status and a JSON body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, param: str | None = None, line: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.param, self.line = param, line
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            err["param"] = self.param
+        if self.line is not None:
+            err["line"] = self.line
+        return {"error": err}
+
+
+class Invalid(ServiceError):
+    status, code = 422, "invalid"
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ServiceError):
+    status, code = 409, "conflict"
+
+
+class TooLarge(ServiceError):
+    status, code = 413, "too_large"
+
+
+class Unavailable(ServiceError):
+    status, code = 503, "unavailable"

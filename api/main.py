@@ -1,0 +1,96 @@
+"""The FastAPI app: routers, the one error shape, request metrics. `uvicorn api.main:app`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .errors import ServiceError
+from .inference import Inference
+from .routes import health, jobs, streams, trees
+from .settings import Settings, get_settings
+from .storage import make_store
+
+log = logging.getLogger(__name__)
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+
+
+def _error(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if param:
+        err["param"] = param
+    return JSONResponse({"error": err}, status_code=status)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.settings = settings
+        app.state.store = make_store(settings)
+        app.state.inference = Inference(settings, app.state.store)
+        health.DB_COLLECTOR.settings = settings
+        yield
+
+    app = FastAPI(
+        title="TreeLoRA continual fine-tuning",
+        version="0.1.0",
+        description="POST tasks as they arrive; each is learned with TreeLoRA without forgetting the others.",
+        lifespan=lifespan,
+    )
+    for r in (streams.router, trees.router, jobs.router, health.router):
+        app.include_router(r)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "missing":
+            msg = f"missing required field {'.'.join(loc)!r}"
+        return _error(422, "invalid", msg, ".".join(loc) or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, "internal", "internal error; it has been logged")
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        limit = 2 * settings.max_upload_bytes + (1 << 20)  # two files and the form fields
+        if length is not None and length.isdigit() and int(length) > limit:
+            return _error(413, "too_large", f"request body is larger than {limit} bytes")
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        health.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        health.LATENCY.labels(route).observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/", include_in_schema=False)
+    def root() -> dict[str, str]:
+        return {"service": "treelora", "docs": "/docs", "openapi": "/openapi.json", "health": "/healthz"}
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""HTTP routes: thin wrappers over `api.services`."""

@@ -1,0 +1,84 @@
+"""Streams and their tasks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from ..deps import SessionDep, SettingsDep, StoreDep
+from ..errors import TooLarge
+from ..schemas import JobOut, Page, StreamCreate, StreamOut, TaskOut, TaskSubmitted
+from ..services import streams, tasks
+
+router = APIRouter(prefix="/v1/streams", tags=["streams"])
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.post("", status_code=201, response_model=StreamOut)
+def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep) -> StreamOut:
+    config = {k: v for k, v in body.model_dump(include={"lora", "train", "tree", "paper"}).items() if v is not None}
+    stream = streams.create_stream(
+        session=session,
+        settings=settings,
+        name=body.name,
+        base_model=body.base_model,
+        strategy=body.strategy,
+        config={**config, "chat_template": body.chat_template},
+    )
+    return StreamOut.model_validate(stream)
+
+
+@router.get("", response_model=Page[StreamOut])
+def list_streams(session: SessionDep, after: str | None = None, limit: Limit = 20) -> Page[StreamOut]:
+    rows, more = streams.list_streams(session=session, after=after, limit=limit)
+    return Page(data=[StreamOut.model_validate(r) for r in rows], has_more=more)
+
+
+@router.get("/{stream_id}", response_model=StreamOut)
+def get_stream(stream_id: str, session: SessionDep) -> StreamOut:
+    return StreamOut.model_validate(streams.get_stream(session=session, stream_id=stream_id))
+
+
+def _read(upload: UploadFile, limit: int, param: str) -> bytes:
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"{param} is larger than {limit} bytes", param=param)
+    return data
+
+
+@router.post("/{stream_id}/tasks", status_code=202, response_model=TaskSubmitted)
+def submit_task(
+    stream_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    name: Annotated[str, Form(description="task name, unique in the stream")],
+    file: Annotated[UploadFile, File(description="training data: JSONL of {prompt, completion}")],
+    metric: Annotated[str, Form(description="exact_match or rouge_l")] = "exact_match",
+    eval_file: Annotated[UploadFile | None, File(description="optional eval split (else held out)")] = None,
+) -> TaskSubmitted:
+    train = _read(file, settings.max_upload_bytes, "file")
+    evals = _read(eval_file, settings.max_upload_bytes, "eval_file") if eval_file is not None else None
+    task, job = tasks.submit_task(
+        session=session,
+        settings=settings,
+        store=store,
+        stream_id=stream_id,
+        name=name,
+        metric=metric,
+        train=train,
+        eval_data=evals,
+    )
+    return TaskSubmitted(task=TaskOut.model_validate(task), job=JobOut.of(job))
+
+
+@router.get("/{stream_id}/tasks", response_model=Page[TaskOut])
+def list_tasks(stream_id: str, session: SessionDep, after: str | None = None, limit: Limit = 20) -> Page[TaskOut]:
+    rows, more = tasks.list_tasks(session=session, stream_id=stream_id, after=after, limit=limit)
+    return Page(data=[TaskOut.model_validate(r) for r in rows], has_more=more)
+
+
+@router.get("/{stream_id}/tasks/{task_id}", response_model=TaskOut)
+def get_task(stream_id: str, task_id: str, session: SessionDep) -> TaskOut:
+    return TaskOut.model_validate(tasks.get_task(session=session, stream_id=stream_id, task_id=task_id))

@@ -1,0 +1,93 @@
+"""The tree, paths, similar tasks, the adapter registry, evaluations and predictions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from ..deps import InferenceDep, SessionDep
+from ..errors import NotFound
+from ..schemas import AdapterOut, PredictIn, PredictOut
+from ..services import streams, trees
+from ..services.tasks import get_task
+
+router = APIRouter(prefix="/v1/streams/{stream_id}", tags=["tree"])
+Version = Annotated[int | None, Query(ge=0, description="a tree version (default: the latest)")]
+
+
+@router.get("/tree")
+def get_tree(stream_id: str, session: SessionDep, version: Version = None) -> dict[str, Any]:
+    return trees.tree(session=session, stream_id=stream_id, version=version)
+
+
+@router.get("/tree/versions")
+def list_versions(stream_id: str, session: SessionDep) -> dict[str, Any]:
+    return {"data": trees.versions(session=session, stream_id=stream_id), "has_more": False}
+
+
+@router.get("/tasks/{task_id}/path")
+def task_path(stream_id: str, task_id: str, session: SessionDep) -> dict[str, Any]:
+    return trees.task_path(session=session, stream_id=stream_id, task_id=task_id)
+
+
+@router.get("/tasks/{task_id}/similar")
+def similar_tasks(
+    stream_id: str, task_id: str, session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 10
+) -> dict[str, Any]:
+    return trees.similar(session=session, stream_id=stream_id, task_id=task_id, limit=limit)
+
+
+@router.get("/adapters")
+def list_adapters(stream_id: str, session: SessionDep, version: Version = None) -> dict[str, Any]:
+    rows = trees.adapters(session=session, stream_id=stream_id, version=version)
+    return {"data": [AdapterOut.model_validate(a).model_dump(mode="json") for a in rows], "has_more": False}
+
+
+@router.get(
+    "/tasks/{task_id}/adapter",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "PEFT adapter folder as .tar.gz"}},
+)
+def download_adapter(stream_id: str, task_id: str, session: SessionDep, inference: InferenceDep) -> Response:
+    stream = streams.get_stream(session=session, stream_id=stream_id)
+    task = get_task(session=session, stream_id=stream.id, task_id=task_id)
+    tv = trees.get_version(session=session, stream=stream)
+    if task.status != "learned" or tv is None:
+        raise NotFound(f"task {task.name!r} is not learned yet (status {task.status})", param="task_id")
+    data = inference.adapter_archive(stream, tv, task.name)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{task.name}-v{tv.version}-peft.tar.gz"',
+        "X-Tree-Version": str(tv.version),
+    }
+    return Response(data, media_type="application/gzip", headers=headers)
+
+
+@router.get("/evaluations")
+def evaluations(stream_id: str, session: SessionDep) -> dict[str, Any]:
+    return trees.evaluations(session=session, stream_id=stream_id)
+
+
+@router.post("/predict", response_model=PredictOut)
+def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
+    stream = streams.get_stream(session=session, stream_id=stream_id)
+    task = body.task
+    if task != "auto":
+        found = get_task(session=session, stream_id=stream.id, task_id=task)
+        if found.status != "learned":
+            raise NotFound(f"task {found.name!r} is not learned yet (status {found.status})", param="task")
+        task = found.name
+    tv = trees.get_version(session=session, stream=stream)
+    session.close()  # generation can take a while: do not hold a connection
+    return inference.predict(
+        stream,
+        tv,
+        task,
+        body.inputs,
+        max_new_tokens=body.max_new_tokens,
+        do_sample=body.do_sample,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+    )

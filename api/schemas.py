@@ -1,0 +1,150 @@
+"""Wire schemas (pydantic), apart from the ORM tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class StreamCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="unique; letters, digits, '.', '_' or '-'", examples=["support-tickets"])
+    base_model: str | None = Field(default=None, description="a model this service offers (default SmolLM2)")
+    strategy: str = Field(default="treelora", description="treelora, treelora_paper, seq_lora, o_lora, ...")
+    lora: dict[str, Any] | None = Field(default=None, examples=[{"r": 8, "alpha": 32}])
+    train: dict[str, Any] | None = Field(default=None, examples=[{"epochs": 3, "lr": 0.001}])
+    tree: dict[str, Any] | None = None
+    paper: dict[str, Any] | None = None
+    chat_template: bool = False
+
+
+class StreamOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    base_model: str
+    strategy: str
+    config: dict[str, Any]
+    tree_version: int
+    active_job_id: str | None
+    created_at: datetime
+
+
+class TaskOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    stream_id: str
+    name: str
+    metric: str
+    status: str
+    position: int | None
+    n_train: int
+    n_eval: int
+    eval_source: str
+    bytes: int
+    train_sha256: str
+    eval_sha256: str
+    created_at: datetime
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    stream_id: str
+    task_id: str
+    state: str
+    progress: dict[str, Any]
+    error: JobError | None = None
+    attempt: int
+    cancel_requested: bool
+    result_version: int | None
+    report: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Any) -> JobOut:
+        out = cls.model_validate(job)
+        if job.error_code:
+            out.error = JobError(code=job.error_code, message=job.error_message or "")
+        return out
+
+
+class TaskSubmitted(BaseModel):
+    task: TaskOut
+    job: JobOut
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    job_id: str
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class AdapterOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    node: str
+    tree_version: int
+    block_lo: int
+    block_hi: int
+    sha256: str
+    bytes: int
+    created_by: str
+    created_at: datetime
+
+
+class PredictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[str] = Field(min_length=1, description="prompts")
+    task: str = Field(default="auto", description='a task id or name, or "auto" to route by content')
+    max_new_tokens: int = Field(default=16, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0, le=10)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = None
+
+
+class PredictionOut(BaseModel):
+    output: str
+    task: str | None
+    confidence: float | None
+    path: list[dict[str, Any]]
+
+
+class PredictOut(BaseModel):
+    tree_version: int
+    predictions: list[PredictionOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = {}

@@ -1,0 +1,273 @@
+"""A job's life on the worker side: claim (with the stream lock and a lease), heartbeat, finish.
+
+Every transition is a conditional UPDATE, so it is atomic on PostgreSQL and on SQLite alike:
+- the stream lock is `streams.active_job_id`, taken only by the stream's oldest unfinished job
+  and only when free or held by a job that finished or lost its lease;
+- a job is claimed when queued, or when running with an expired lease (its worker died); each
+  claim bumps `attempt` and names a new `lease_owner`, so a stale worker's writes match no row;
+- the result commits in one transaction that first checks the lease and the base tree version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Update, and_, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict
+from ..models import TERMINAL, Adapter, Evaluation, Job, JobEvent, Stream, Task, TreeVersion, now
+from ..settings import Settings
+
+MAX_ATTEMPTS = 3
+ACTIVE = ("running", "evaluating")
+
+
+def _changed(session: Session, stmt: Update) -> int:
+    """Rows an UPDATE changed: how a conditional transition tells whether it happened."""
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount
+
+
+@dataclass
+class Claim:
+    outcome: str  # "claimed", "wait" (the stream is busy: try later) or "skip" (finished or owned)
+    job: Job | None = None
+
+
+def _event(session: Session, job_id: str, type_: str, data: dict[str, Any] | None = None) -> None:
+    session.add(JobEvent(job_id=job_id, type=type_, data=data or {}))
+
+
+def claim(*, session: Session, job_id: str, owner: str, lease_s: float) -> Claim:
+    t = now()
+    job = session.get(Job, job_id)
+    if job is None or job.state in TERMINAL:
+        return Claim("skip")
+    expired = job.lease_expires_at is not None and job.lease_expires_at < t
+    if job.state in ACTIVE and not expired:
+        return Claim("skip")
+    if job.attempt >= MAX_ATTEMPTS:
+        fail(
+            session=session, job_id=job_id, owner=None, code="worker_lost", message="the job lost its worker too often"
+        )
+        return Claim("skip")
+    earlier = session.scalar(
+        select(Job.id).where(Job.stream_id == job.stream_id, Job.id < job.id, Job.state.not_in(TERMINAL)).limit(1)
+    )
+    if earlier is not None:
+        job.enqueued_at = t  # its retry message is in flight: the sweeper need not send another
+        session.commit()
+        return Claim("wait")
+    holder_gone = exists().where(Job.id == Stream.active_job_id, or_(Job.state.in_(TERMINAL), Job.lease_expires_at < t))
+    got_lock = _changed(
+        session,
+        update(Stream)
+        .where(
+            Stream.id == job.stream_id,
+            or_(Stream.active_job_id.is_(None), Stream.active_job_id == job.id, holder_gone),
+        )
+        .values(active_job_id=job.id),
+    )
+    if not got_lock:
+        session.rollback()
+        job.enqueued_at = t
+        session.commit()
+        return Claim("wait")
+    claimed = _changed(
+        session,
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(Job.state == "queued", and_(Job.state.in_(ACTIVE), Job.lease_expires_at < t)),
+        )
+        .values(
+            state="running",
+            lease_owner=owner,
+            lease_expires_at=t + timedelta(seconds=lease_s),
+            attempt=Job.attempt + 1,
+            started_at=t,
+            progress={"phase": "loading"},
+        ),
+    )
+    if not claimed:
+        session.rollback()
+        return Claim("skip")
+    session.commit()
+    session.refresh(job)
+    _event(session, job_id, "job.started", {"attempt": job.attempt, "worker": owner})
+    session.commit()
+    return Claim("claimed", job)
+
+
+def heartbeat(
+    *,
+    session: Session,
+    job_id: str,
+    owner: str,
+    lease_s: float,
+    progress: dict[str, Any] | None = None,
+    state: str | None = None,
+    events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
+) -> tuple[bool, bool]:
+    """Renew the lease, store progress (and a new state); -> (still ours, cancel requested)."""
+    values: dict[str, Any] = {"lease_expires_at": now() + timedelta(seconds=lease_s)}
+    if progress is not None:
+        values["progress"] = progress
+    if state is not None:
+        values["state"] = state
+    ours = _changed(
+        session, update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.state.in_(ACTIVE)).values(**values)
+    )
+    if ours:
+        for type_, data in events:
+            _event(session, job_id, type_, data)
+    session.commit()
+    cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    return bool(ours), cancel
+
+
+def _finish(session: Session, job_id: str, owner: str | None, values: dict[str, Any]) -> bool:
+    cond = [Job.id == job_id, Job.state.not_in(TERMINAL)]
+    if owner is not None:
+        cond.append(Job.lease_owner == owner)
+    done = _changed(session, update(Job).where(*cond).values(finished_at=now(), **values))
+    if done:
+        job = session.get(Job, job_id)
+        assert job is not None
+        _changed(
+            session,
+            update(Stream).where(Stream.id == job.stream_id, Stream.active_job_id == job_id).values(active_job_id=None),
+        )
+    return bool(done)
+
+
+def fail(*, session: Session, job_id: str, owner: str | None, code: str, message: str) -> bool:
+    """Record an error; the stream stays at its last committed tree version."""
+    ok = _finish(
+        session,
+        job_id,
+        owner,
+        {"state": "failed", "error_code": code, "error_message": message[:2000], "progress": {"phase": "failed"}},
+    )
+    if ok:
+        _set_task_status(session, job_id, "failed")
+        _event(session, job_id, "job.failed", {"code": code, "message": message[:2000]})
+    session.commit()
+    return ok
+
+
+def cancelled(*, session: Session, job_id: str, owner: str) -> bool:
+    ok = _finish(session, job_id, owner, {"state": "cancelled", "progress": {"phase": "cancelled"}})
+    if ok:
+        _set_task_status(session, job_id, "cancelled")
+        _event(session, job_id, "job.cancelled", {})
+    session.commit()
+    return ok
+
+
+def _set_task_status(session: Session, job_id: str, status: str) -> None:
+    job = session.get(Job, job_id)
+    task = session.get(Task, job.task_id) if job else None
+    if task is not None and task.status == "pending":
+        task.status = status
+
+
+def commit_version(
+    *,
+    session: Session,
+    job_id: str,
+    owner: str,
+    base_version: int,
+    manifest: dict[str, Any],
+    tree: dict[str, Any],
+    similarity: dict[str, Any],
+    paths: dict[str, Any],
+    adapters: list[dict[str, Any]],
+    scores: dict[str, float],
+    eval_seconds: float,
+    report: dict[str, Any],
+) -> int:
+    """Publish a job's result atomically: the tree version, its adapters, the new row of R, the
+    task and the job; blobs were written before. Raises Conflict when the lease was lost or the
+    stream moved on since the job loaded it; then nothing is written."""
+    job = session.get(Job, job_id)
+    assert job is not None
+    version = base_version + 1
+    ours = _changed(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state.in_(ACTIVE))
+        .values(
+            state="succeeded",
+            result_version=version,
+            finished_at=now(),
+            report=report,
+            progress={**job.progress, "phase": "done"},
+        ),
+    )
+    moved = _changed(
+        session,
+        update(Stream)
+        .where(Stream.id == job.stream_id, Stream.tree_version == base_version, Stream.active_job_id == job_id)
+        .values(tree_version=version, active_job_id=None),
+    )
+    if not ours or not moved:
+        session.rollback()
+        raise Conflict("the job lost its lease or the stream changed while it trained; nothing was committed")
+    session.add(
+        TreeVersion(
+            stream_id=job.stream_id,
+            version=version,
+            manifest=manifest,
+            tree=tree,
+            similarity=similarity,
+            paths=paths,
+            created_by=job_id,
+        )
+    )
+    session.flush()
+    session.add_all(Adapter(stream_id=job.stream_id, tree_version=version, **a) for a in adapters)
+    session.add(
+        Evaluation(stream_id=job.stream_id, tree_version=version, job_id=job_id, scores=scores, seconds=eval_seconds)
+    )
+    task = session.get(Task, job.task_id)
+    assert task is not None
+    task.status, task.position = "learned", version
+    _event(session, job_id, "job.succeeded", {"tree_version": version, "scores": scores})
+    session.commit()
+    return version
+
+
+def previous_adapters(*, session: Session, stream_id: str, version: int) -> dict[str, Adapter]:
+    rows = session.scalars(select(Adapter).where(Adapter.stream_id == stream_id, Adapter.tree_version == version))
+    return {a.node: a for a in rows}
+
+
+def task_jobs(*, session: Session, stream_id: str) -> dict[str, str]:
+    """Learned task name -> the job that learned it."""
+    rows = session.execute(
+        select(Task.name, Job.id)
+        .join(Job, Job.task_id == Task.id)
+        .where(Task.stream_id == stream_id, Job.state == "succeeded"),
+    )
+    return {name: jid for name, jid in rows}
+
+
+def sweep(*, session: Session, settings: Settings) -> list[str]:
+    """Jobs to send again: queued ones never (or long ago) sent, and active ones whose lease
+    expired (their worker died). The claim decides what actually runs, so a resend is safe."""
+    t = now()
+    stale = t - timedelta(seconds=settings.requeue_after_s)
+    q = select(Job).where(
+        or_(
+            and_(Job.state == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale)),
+            and_(Job.state.in_(ACTIVE), Job.lease_expires_at < t),
+        )
+    )
+    jobs = list(session.scalars(q))
+    for job in jobs:
+        job.enqueued_at = t
+    session.commit()
+    return [j.id for j in jobs]

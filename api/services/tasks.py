@@ -1,0 +1,112 @@
+"""Tasks: validate an upload completely, store its splits as content-addressed blobs, then create
+the task and its training job in one transaction. A rejected upload stores nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from treelora_core.data import METRICS, Example, parse_records
+from treelora_core.errors import DataError
+
+from ..errors import Conflict, Invalid, NotFound
+from ..models import Job, JobEvent, Task, new_id
+from ..queue import enqueue
+from ..settings import Settings
+from ..storage import BlobStore
+from .common import check_name, page
+from .streams import get_stream
+
+log = logging.getLogger(__name__)
+
+
+def _parse(data: bytes, settings: Settings, param: str) -> list[Example]:
+    try:
+        return parse_records(data, max_records=settings.max_records, max_chars=settings.max_field_chars)
+    except DataError as exc:
+        raise Invalid(str(exc), code="invalid_dataset", param=param, line=exc.line) from None
+
+
+def encode_records(records: list[Example]) -> bytes:
+    return "".join(json.dumps({"prompt": e.prompt, "completion": e.completion}) + "\n" for e in records).encode()
+
+
+def split_holdout(records: list[Example], settings: Settings) -> tuple[list[Example], list[Example]]:
+    """Without an eval file, the last `holdout_fraction` of the records (at most
+    `max_eval_examples`) become the eval split: deterministic, and the same on every retry."""
+    if len(records) < 10:
+        raise Invalid("with no eval_file, a task needs at least 10 examples to hold some out", param="file")
+    k = min(max(1, round(len(records) * settings.holdout_fraction)), settings.max_eval_examples)
+    return records[:-k], records[-k:]
+
+
+def submit_task(
+    *,
+    session: Session,
+    settings: Settings,
+    store: BlobStore,
+    stream_id: str,
+    name: str,
+    metric: str,
+    train: bytes,
+    eval_data: bytes | None,
+) -> tuple[Task, Job]:
+    stream = get_stream(session=session, stream_id=stream_id)
+    check_name(name)
+    if metric not in METRICS:
+        raise Invalid(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", param="metric")
+    if session.scalar(select(Task.id).where(Task.stream_id == stream.id, Task.name == name)) is not None:
+        raise Conflict(f"stream {stream.name!r} already has a task named {name!r}", param="name")
+    records = _parse(train, settings, "file")
+    if eval_data is not None:
+        evals, source = _parse(eval_data, settings, "eval_file")[: settings.max_eval_examples], "uploaded"
+    else:
+        records, evals = split_holdout(records, settings)
+        source = "holdout"
+    # blobs first: a row never points at a missing object
+    train_blob, eval_blob = encode_records(records), encode_records(evals)
+    task = Task(
+        id=new_id("tsk"),
+        stream_id=stream.id,
+        name=name,
+        metric=metric,
+        train_sha256=store.put(train_blob),
+        eval_sha256=store.put(eval_blob),
+        n_train=len(records),
+        n_eval=len(evals),
+        eval_source=source,
+        bytes=len(train_blob) + len(eval_blob),
+    )
+    job = Job(id=new_id("job"), stream_id=stream.id, task_id=task.id, state="queued", progress={"phase": "queued"})
+    session.add(task)
+    session.flush()  # no ORM relationships: insert the parent row first
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, type="job.queued", data={"task": name}))
+    session.commit()
+    try:
+        enqueue(settings, job.id)
+        job.enqueued_at = job.created_at
+        session.commit()
+    except Exception:  # the broker is down: the job stays queued and the sweeper sends it later
+        log.exception("could not enqueue %s; it will be sent again", job.id)
+    return task, job
+
+
+def get_task(*, session: Session, stream_id: str, task_id: str) -> Task:
+    """By id or by name within the stream."""
+    stream = get_stream(session=session, stream_id=stream_id)
+    task = session.scalar(
+        select(Task).where(Task.stream_id == stream.id, (Task.id == task_id) | (Task.name == task_id))
+    )
+    if task is None:
+        raise NotFound(f"stream {stream.name!r} has no task {task_id!r}", param="task_id")
+    return task
+
+
+def list_tasks(*, session: Session, stream_id: str, after: str | None, limit: int) -> tuple[list[Task], bool]:
+    stream = get_stream(session=session, stream_id=stream_id)
+    return page(session, select(Task).where(Task.stream_id == stream.id), Task.id, after=after, limit=limit)

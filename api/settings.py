@@ -1,0 +1,75 @@
+"""One `Settings` object, read from `TREELORA_*` environment variables (see the README's table).
+
+The defaults are the embedded mode: SQLite, a local folder as object store and a filesystem
+broker, all under `data_dir`, so one command on a fresh machine runs the whole service.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TREELORA_", extra="ignore")
+
+    data_dir: Path = Path("var")  # embedded mode: database, blobs and broker folders live here
+    database_url: str = ""  # default: sqlite under data_dir
+    broker_url: str = ""  # default: kombu's filesystem transport under data_dir; e.g. redis://host:6379/0
+    store: str = "local"  # "local" (a folder) or "s3"
+    store_dir: Path | None = None  # local store folder (default data_dir/objects)
+    s3_endpoint: str | None = None  # e.g. http://minio:9000; None = AWS
+    s3_bucket: str = "treelora"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_prefix: str = ""  # key prefix inside the bucket
+
+    device: str = "auto"  # where workers train and the API predicts: auto, cpu, cuda
+    models: str = ""  # extra base models a stream may name: "name=/path/or/hf-id,other=..."
+    default_model: str = "smollm2-135m-instruct"
+
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)  # per uploaded file
+    max_records: int = Field(default=50_000, gt=0)  # examples per uploaded file
+    max_field_chars: int = Field(default=20_000, gt=0)  # one prompt or completion
+    max_eval_examples: int = Field(default=100, gt=0)  # scored per task after each job
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # eval split cut from train when none is given
+    max_predict_inputs: int = Field(default=64, gt=0)
+    max_new_tokens_limit: int = Field(default=256, gt=0)
+
+    lease_s: float = Field(default=60.0, gt=0)  # a running job's lease; a worker renews it
+    heartbeat_s: float = Field(default=2.0, gt=0)  # lease renewal, progress flush, cancel check
+    requeue_after_s: float = Field(default=120.0, gt=0)  # a queued job not picked up is sent again
+    learner_cache: int = Field(default=2, ge=1)  # stream states the API keeps loaded for predict
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'treelora.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.store_dir or self.data_dir / "objects"
+
+    def model_choices(self) -> dict[str, str | None]:
+        """Base models a stream may use: name -> path or hub id (None = the packaged default)."""
+        out: dict[str, str | None] = {self.default_model: None}
+        for item in filter(None, (s.strip() for s in self.models.split(","))):
+            name, _, where = item.partition("=")
+            out[name.strip()] = where.strip() or name.strip()
+        return out
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,64 @@
+"""The Celery app of the worker: `celery -A worker.app worker --pool solo -c 1`.
+
+One named task, `treelora.train(job_id)`; its body is `runner.run_job`. A sweeper thread sends
+again the jobs that need it (never sent, or whose worker died) so that every job finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_ready, worker_shutdown
+
+from api.db import session_factory
+from api.queue import TRAIN_TASK, enqueue, make_celery
+from api.services import runs
+from api.settings import get_settings
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+app = make_celery(settings)
+_stop = threading.Event()
+SWEEP_S = 15.0
+
+
+@app.task(name=TRAIN_TASK, bind=True, max_retries=None)
+def train(self: Task, job_id: str) -> str:
+    from .runner import run_job  # torch loads in the worker only
+
+    outcome = run_job(job_id, settings)
+    if outcome == "wait":  # an earlier job of the same stream is still training
+        raise self.retry(countdown=3)
+    return outcome
+
+
+def sweep_once() -> list[str]:
+    with session_factory(settings.db_url)() as session:
+        ids = runs.sweep(session=session, settings=settings)
+    for job_id in ids:
+        enqueue(settings, job_id)
+    if ids:
+        log.info("sent again: %s", ", ".join(ids))
+    return ids
+
+
+def _sweeper() -> None:
+    while not _stop.wait(SWEEP_S):
+        try:
+            sweep_once()
+        except Exception:
+            log.exception("sweep failed")
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    sweep_once()
+    threading.Thread(target=_sweeper, name="sweeper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    _stop.set()
