@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        # a location is field names (and list indices); a JSON syntax error's position is not one
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        if first.get("type") == "json_invalid":
+            loc = []
         msg = first.get("msg", "invalid request")
         if first.get("type") == "missing":
             msg = f"missing required field {'.'.join(loc)!r}"

@@ -1,0 +1,186 @@
+"""The job lifecycle on real PostgreSQL and S3, with `run_job` called in-process on a tiny random
+Llama (the end-to-end test runs SmolLM2 in a real Celery worker): commit, ordering, cancel,
+failure, and a lost worker's job taken over exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from api.db import session_factory
+from api.errors import Conflict
+from api.models import Job, Stream, TreeVersion, now
+from api.services import runs
+from api.settings import Settings
+from worker.runner import run_job
+
+from .conftest import jsonl
+
+ROWS = [{"prompt": f"Item {i} of the list: what is it?", "completion": "apple"} for i in range(30)]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_base, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_base.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def wsettings(settings: Settings, tiny_dir: Path) -> Settings:
+    return settings.model_copy(update={"models": f"tiny={tiny_dir}", "heartbeat_s": 0.2, "lease_s": 5.0})
+
+
+@pytest.fixture
+def wclient(wsettings: Settings) -> Any:
+    from api.main import create_app
+
+    with TestClient(create_app(wsettings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def make_stream(client: TestClient, name: str = "s", **train: Any) -> None:
+    cfg = {"epochs": 1, "batch_size": 4, "max_length": 48, "lr": 5e-3, **train}
+    resp = client.post(
+        "/v1/streams",
+        json={
+            "name": name,
+            "base_model": "tiny",
+            "train": cfg,
+            "tree": {"min_own_blocks": 2, "max_pulls": 2, "probe_batch": 4},
+        },
+    )
+    assert resp.status_code == 201, resp.text
+
+
+def submit(client: TestClient, name: str, rows: list[dict[str, str]] = ROWS, stream: str = "s") -> dict[str, Any]:
+    resp = client.post(f"/v1/streams/{stream}/tasks", files={"file": ("t", jsonl(rows), "x")}, data={"name": name})
+    assert resp.status_code == 202, resp.text
+    return resp.json()["job"]  # type: ignore[no-any-return]
+
+
+def stream_row(settings: Settings, name: str = "s") -> Stream:
+    with session_factory(settings.db_url)() as s:
+        row = s.scalar(select(Stream).where(Stream.name == name))
+        assert row is not None
+        return row
+
+
+def test_jobs_commit_versions_in_order_and_rerun_is_a_no_op(wclient: TestClient, wsettings: Settings) -> None:
+    make_stream(wclient)
+    j1 = submit(wclient, "apples")
+    j2 = submit(wclient, "pears", [{**r, "completion": "pear"} for r in ROWS])
+    assert run_job(j2["id"], wsettings) == "wait"  # the earlier job of the stream goes first
+    assert run_job(j1["id"], wsettings) == "done"
+    assert run_job(j2["id"], wsettings) == "done"
+    assert run_job(j1["id"], wsettings) == "skip"  # a redelivered message changes nothing
+    jobs = [wclient.get(f"/v1/jobs/{j['id']}").json() for j in (j1, j2)]
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"]
+    assert [j["result_version"] for j in jobs] == [1, 2] and jobs[0]["attempt"] == 1
+    assert jobs[1]["report"]["placement"]["relative"] == "apples"
+    assert stream_row(wsettings).tree_version == 2 and stream_row(wsettings).active_job_id is None
+    ev = wclient.get("/v1/streams/s/evaluations").json()
+    assert ev["tasks"] == ["apples", "pears"] and [len(r) for r in ev["R"]] == [1, 2]
+    assert ev["R"][1][0] == ev["R"][0][0]  # the first task's path never changed: no forgetting
+    tree = wclient.get("/v1/streams/s/tree").json()
+    assert {n["task"] for n in tree["nodes"] if n["task"]} == {"apples", "pears"}
+    assert tree["similarity"]["pears"]["apples"] > 0
+    adapters = wclient.get("/v1/streams/s/adapters").json()["data"]
+    assert {a["node"] for a in adapters} == {n["id"] for n in tree["nodes"]}
+    by_job = {a["created_by"] for a in adapters}
+    assert by_job <= {j1["id"], j2["id"]} and j2["id"] in by_job
+    path = wclient.get("/v1/streams/s/tasks/pears/path").json()
+    assert path["segments"][0]["lo"] == 0 and path["segments"][-1]["hi"] == tree["blocks"]
+    assert wclient.get("/v1/streams/s/tasks/pears/similar").json()["similar"][0]["task"] == "apples"
+    events = [e["type"] for e in wclient.get(f"/v1/jobs/{j1['id']}/events").json()["data"]]
+    assert events[:2] == ["job.queued", "job.started"] and "task.learned" in events and events[-1] == "job.succeeded"
+
+
+def test_cancel_stops_a_running_job_within_seconds(wclient: TestClient, wsettings: Settings) -> None:
+    make_stream(wclient, epochs=200, patience=0)
+    job = submit(wclient, "long", ROWS * 4)
+    t = threading.Thread(target=run_job, args=(job["id"], wsettings))
+    t.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        seen = wclient.get(f"/v1/jobs/{job['id']}").json()
+        if seen["state"] == "running" and seen["progress"].get("step", 0) > 0:
+            break
+        time.sleep(0.1)
+    assert {"step", "total", "phase", "eta_s"} <= set(seen["progress"]) and seen["progress"]["phase"] == "train"
+    asked = time.time()
+    assert wclient.post(f"/v1/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
+    t.join(timeout=30)
+    done = wclient.get(f"/v1/jobs/{job['id']}").json()
+    assert done["state"] == "cancelled" and time.time() - asked < 5
+    assert stream_row(wsettings).tree_version == 0 and stream_row(wsettings).active_job_id is None
+    assert wclient.get("/v1/streams/s/tasks/long").json()["status"] == "cancelled"
+
+
+def test_a_failure_records_its_error_and_keeps_the_last_good_version(
+    wclient: TestClient, wsettings: Settings, s3_client: Any
+) -> None:
+    make_stream(wclient)
+    assert run_job(submit(wclient, "good")["id"], wsettings) == "done"
+    bad = submit(wclient, "lost-data", [{**r, "completion": "plum"} for r in ROWS])
+    task = wclient.get("/v1/streams/s/tasks/lost-data").json()
+    key = f"{wsettings.s3_prefix}sha256/{task['train_sha256'][:2]}/{task['train_sha256']}"
+    s3_client.delete_object(Bucket=wsettings.s3_bucket, Key=key)  # a fault we cannot cause otherwise
+    assert run_job(bad["id"], wsettings) == "done"
+    failed = wclient.get(f"/v1/jobs/{bad['id']}").json()
+    assert failed["state"] == "failed" and failed["error"]["code"] == "blob_missing"
+    assert stream_row(wsettings).tree_version == 1 and stream_row(wsettings).active_job_id is None
+    with session_factory(wsettings.db_url)() as s:
+        assert s.scalar(select(TreeVersion.version).order_by(TreeVersion.version.desc())) == 1
+    assert run_job(submit(wclient, "after")["id"], wsettings) == "done"  # the stream goes on
+    assert stream_row(wsettings).tree_version == 2
+
+
+def test_a_lost_workers_job_is_taken_over_and_finishes_once(wclient: TestClient, wsettings: Settings) -> None:
+    make_stream(wclient)
+    job = submit(wclient, "orphan")
+    with session_factory(wsettings.db_url)() as s:
+        assert runs.claim(session=s, job_id=job["id"], owner="dead-worker", lease_s=60).outcome == "claimed"
+        assert runs.claim(session=s, job_id=job["id"], owner="other", lease_s=60).outcome == "skip"  # lease held
+        assert runs.sweep(session=s, settings=wsettings) == []
+        s.execute(update(Job).where(Job.id == job["id"]).values(lease_expires_at=now() - timedelta(seconds=1)))
+        s.commit()
+        assert runs.sweep(session=s, settings=wsettings) == [job["id"]]  # the sweeper sends it again
+    assert run_job(job["id"], wsettings) == "done"
+    done = wclient.get(f"/v1/jobs/{job['id']}").json()
+    assert done["state"] == "succeeded" and done["attempt"] == 2
+    with session_factory(wsettings.db_url)() as s, pytest.raises(Conflict):  # the dead worker wakes up late
+        runs.commit_version(
+            session=s,
+            job_id=job["id"],
+            owner="dead-worker",
+            base_version=0,
+            manifest={},
+            tree={},
+            similarity={},
+            paths={},
+            adapters=[],
+            scores={},
+            eval_seconds=0,
+            report={},
+        )
+    with session_factory(wsettings.db_url)() as s:
+        assert len(list(s.scalars(select(TreeVersion)))) == 1
+
+
+def test_streams_hold_separate_locks(wclient: TestClient, wsettings: Settings) -> None:
+    make_stream(wclient, name="a")
+    make_stream(wclient, name="b")
+    ja, jb = submit(wclient, "t", stream="a"), submit(wclient, "t", stream="b")
+    with session_factory(wsettings.db_url)() as s:
+        assert runs.claim(session=s, job_id=ja["id"], owner="w1", lease_s=60).outcome == "claimed"
+        assert runs.claim(session=s, job_id=jb["id"], owner="w2", lease_s=60).outcome == "claimed"
+        assert {r.active_job_id for r in s.scalars(select(Stream))} == {ja["id"], jb["id"]}
