@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
             f"treelora-{os.getpid()}@%h",
         ]
         worker = subprocess.Popen(cmd)
+    url = f"http://{args.host}:{args.port}"
+    print(f"TreeLoRA service: {url}  (API docs: {url}/docs)", flush=True)
     try:
         uvicorn.run("api.main:app", host=args.host, port=args.port, log_level="info")
     finally:

@@ -114,7 +114,8 @@ def evaluations(*, session: Session, stream_id: str) -> dict[str, Any]:
             select(Task).where(Task.stream_id == stream.id, Task.status == "learned").order_by(Task.position)
         )
     ]
-    R = [[r.scores.get(t) for t in tasks[: i + 1]] for i, r in enumerate(rows)]
+    # square: R[t][i] is None for tasks learned after version t+1 (they did not exist yet)
+    R = [[r.scores.get(t) if i <= k else None for i, t in enumerate(tasks)] for k, r in enumerate(rows)]
     out: dict[str, Any] = {
         "stream_id": stream.id,
         "tasks": tasks,

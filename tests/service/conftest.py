@@ -142,3 +142,11 @@ def s3_client(s3_env: dict[str, str]) -> Any:
         aws_secret_access_key=s3_env["s3_secret_key"],
         region_name="us-east-1",
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_base, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_base.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

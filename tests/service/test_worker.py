@@ -26,14 +26,6 @@ from .conftest import jsonl
 ROWS = [{"prompt": f"Item {i} of the list: what is it?", "completion": "apple"} for i in range(30)]
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tiny_base, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_base.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def wsettings(settings: Settings, tiny_dir: Path) -> Settings:
     return settings.model_copy(update={"models": f"tiny={tiny_dir}", "heartbeat_s": 0.2, "lease_s": 5.0})
@@ -88,7 +80,7 @@ def test_jobs_commit_versions_in_order_and_rerun_is_a_no_op(wclient: TestClient,
     assert jobs[1]["report"]["placement"]["relative"] == "apples"
     assert stream_row(wsettings).tree_version == 2 and stream_row(wsettings).active_job_id is None
     ev = wclient.get("/v1/streams/s/evaluations").json()
-    assert ev["tasks"] == ["apples", "pears"] and [len(r) for r in ev["R"]] == [1, 2]
+    assert ev["tasks"] == ["apples", "pears"] and ev["R"][0][1] is None and len(ev["R"]) == 2
     assert ev["R"][1][0] == ev["R"][0][0]  # the first task's path never changed: no forgetting
     tree = wclient.get("/v1/streams/s/tree").json()
     assert {n["task"] for n in tree["nodes"] if n["task"]} == {"apples", "pears"}
