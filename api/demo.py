@@ -24,9 +24,12 @@ def jsonl(rows: list[Any]) -> bytes:
 
 def follow(client: httpx.Client, job_id: str, name: str) -> dict[str, Any]:
     """Read the job's SSE stream until it ends, drawing its training progress."""
-    with tqdm(desc=name, unit="step") as bar, client.stream(
-        "GET", f"/v1/jobs/{job_id}/events", headers={"accept": "text/event-stream"}, timeout=None
-    ) as resp:
+    with (
+        tqdm(desc=name, unit="step") as bar,
+        client.stream(
+            "GET", f"/v1/jobs/{job_id}/events", headers={"accept": "text/event-stream"}, timeout=None
+        ) as resp,
+    ):
         kind = ""
         for line in resp.iter_lines():
             if line.startswith("event: "):
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     tasks: list[Task] = load_wordnet(n_tasks=3, n_train=args.train, n_test=40)
     t0 = time.perf_counter()
     with httpx.Client(base_url=args.url, timeout=120) as client:
-        resp = client.post("/v1/streams", json={"name": args.stream, "train": {"epochs": args.epochs, "max_length": 96}})
+        config = {"name": args.stream, "train": {"epochs": args.epochs, "max_length": 96}}
+        resp = client.post("/v1/streams", json=config)
         resp.raise_for_status()
         for task in tasks:
             files = {"file": ("train.jsonl", jsonl(task.train)), "eval_file": ("eval.jsonl", jsonl(task.test))}
