@@ -1,8 +1,8 @@
-"""Where the API meets the engine: learners rebuilt from committed tree versions (kept in a small
-LRU per stream version), predictions, and a task's path exported as a PEFT adapter archive.
+"""Where the API meets the engine: batched predictions and scoring (`api.serving`), and a task's
+path exported as a PEFT adapter archive.
 
-Also the base-model loader the worker shares: one frozen copy per process and model name; each
-learner wraps a deep copy with its adapters.
+Also the base-model loader the worker shares: one frozen copy per process and model name. The
+serving side wraps one more copy per model with adapter slots; training and export wrap their own.
 """
 
 from __future__ import annotations
@@ -12,22 +12,23 @@ import io
 import tarfile
 import tempfile
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from treelora_core import persist, views
+from treelora_core import persist
 from treelora_core.config import config_from_dict
-from treelora_core.errors import UnknownTaskError
 from treelora_core.export import export_peft
 from treelora_core.learner import ContinualLearner
 from treelora_core.models import load_base
+from treelora_core.serving import AdapterPool, GenParams, Server
 
 from .errors import Conflict, Invalid
 from .models import Stream, TreeVersion
+from .serving import Batcher, Request, ServedCache, check_inputs
 from .settings import Settings
 from .storage import BlobStore
 
@@ -57,60 +58,87 @@ def load_learner(settings: Settings, store: BlobStore, stream: Stream, version: 
 
 
 class Inference:
-    """Thread-safe: one lock around the model, since a routed forward pass sets per-module plans."""
-
     def __init__(self, settings: Settings, store: BlobStore) -> None:
         self.settings, self.store = settings, store
-        self._learners: OrderedDict[tuple[str, int], ContinualLearner] = OrderedDict()
-        self._lock = threading.Lock()
+        self.servers: dict[tuple[str, tuple[str, ...]], Server] = {}
+        self._servers_lock = threading.Lock()
+        self.served = ServedCache(settings, store, lambda name: base_model(settings, name)[1])
+        self.batcher = Batcher(settings, store, self.server)
+        self._export_lock = threading.Lock()
 
-    def learner(self, stream: Stream, tv: TreeVersion) -> ContinualLearner:
-        key = (stream.id, tv.version)
-        if key in self._learners:
-            self._learners.move_to_end(key)
-            return self._learners[key]
-        learner = load_learner(self.settings, self.store, stream, tv)
-        self._learners[key] = learner
-        while len(self._learners) > self.settings.learner_cache:
-            self._learners.popitem(last=False)
-        return learner
+    def server(self, model: str, targets: tuple[str, ...]) -> Server:
+        with self._servers_lock:
+            key = (model, targets)
+            if key not in self.servers:
+                base, tok = base_model(self.settings, model)
+                pool = AdapterPool(self.settings.adapter_cache_bytes, next(base.parameters()).device)
+                self.servers[key] = Server(copy.deepcopy(base), tok, targets, pool)
+            return self.servers[key]
+
+    def stats(self) -> dict[str, float]:
+        pools = [s.pool for s in self.servers.values()]
+        return {
+            "adapter_cache_bytes": sum(p.nbytes for p in pools),
+            "adapter_cache_hits": sum(p.hits for p in pools),
+            "adapter_cache_misses": sum(p.misses for p in pools),
+            "adapter_cache_evictions": sum(p.evictions for p in pools),
+            "batches": self.batcher.batches,
+            "batched_rows": self.batcher.rows,
+        }
+
+    def _request(self, stream: Stream, tv: TreeVersion | None, task: str, inputs: list[str], **kw: Any) -> Request:
+        if tv is None:
+            raise Conflict(f"stream {stream.name!r} has learned no task yet", code="not_ready")
+        check_inputs(self.settings, inputs)
+        return Request(self.served.get(stream, tv), inputs, task, **kw)
 
     def predict(
         self, stream: Stream, tv: TreeVersion | None, task: str, inputs: list[str], **gen: Any
     ) -> dict[str, Any]:
         s = self.settings
-        if tv is None:
-            raise Conflict(f"stream {stream.name!r} has learned no task yet", code="not_ready")
-        if len(inputs) > s.max_predict_inputs:
-            raise Invalid(f"at most {s.max_predict_inputs} inputs per request", param="inputs")
-        for i, text in enumerate(inputs):
-            if not isinstance(text, str) or not text.strip():
-                raise Invalid(f"inputs[{i}] must be a non-empty string", param="inputs")
-            if len(text) > s.max_field_chars:
-                raise Invalid(f"inputs[{i}] is longer than {s.max_field_chars} characters", param="inputs")
         if gen["max_new_tokens"] > s.max_new_tokens_limit:
             raise Invalid(f"max_new_tokens must be at most {s.max_new_tokens_limit}", param="max_new_tokens")
-        opts: dict[str, Any] = {"max_new_tokens": gen["max_new_tokens"]}
-        if gen.get("do_sample"):
-            opts.update(do_sample=True, temperature=gen["temperature"], top_p=gen["top_p"])
-        with self._lock:
-            learner = self.learner(stream, tv)
-            if gen.get("seed") is not None:
-                torch.manual_seed(gen["seed"])
-            try:
-                preds = learner.predict(inputs, task=task, **opts)
-            except UnknownTaskError as exc:
-                raise Invalid(str(exc), param="task") from None
-            out = []
-            for p in preds:
-                segs = views.path_segments(learner, p.task) if p.task or not learner.strategy.needs_task_id else []
-                out.append({"output": p.text, "task": p.task, "confidence": p.confidence, "path": segs})
-        return {"tree_version": tv.version, "predictions": out}
+        routing = gen.pop("routing") or s.routing
+        min_conf = gen.pop("min_confidence")
+        req = self._request(
+            stream,
+            tv,
+            task,
+            inputs,
+            params=GenParams(**gen),
+            routing=routing,
+            min_confidence=s.route_min_confidence if min_conf is None else min_conf,
+        )
+        assert tv is not None
+        return {"tree_version": tv.version, "predictions": self.batcher.submit(req)}
+
+    def score(
+        self,
+        stream: Stream,
+        tv: TreeVersion | None,
+        task: str,
+        inputs: list[str],
+        choices: list[str],
+        min_confidence: float | None = None,
+        routing: str | None = None,
+    ) -> dict[str, Any]:
+        s = self.settings
+        req = self._request(
+            stream,
+            tv,
+            task,
+            inputs,
+            choices=choices,
+            routing=routing or s.routing,
+            min_confidence=s.route_min_confidence if min_confidence is None else min_confidence,
+        )
+        assert tv is not None
+        return {"tree_version": tv.version, "results": self.batcher.submit(req)}
 
     def adapter_archive(self, stream: Stream, tv: TreeVersion, task: str) -> bytes:
         """The task's path flattened to a PEFT LoRA adapter, as a .tar.gz of its folder."""
-        with self._lock, tempfile.TemporaryDirectory() as tmp:
-            learner = self.learner(stream, tv)
+        with self._export_lock, tempfile.TemporaryDirectory() as tmp:
+            learner = load_learner(self.settings, self.store, stream, tv)
             name = task if learner.strategy.needs_task_id else None
             export_peft(learner, name, Path(tmp) / "adapter", base_model_name=stream.base_model)
             buf = io.BytesIO()
@@ -118,3 +146,8 @@ class Inference:
                 for f in sorted((Path(tmp) / "adapter").iterdir()):
                     tar.add(f, arcname=f"{task}/{f.name}")
             return buf.getvalue()
+
+
+def widen_threadpool(tokens: int = 256) -> None:
+    """Blocking routes wait on the batcher; let many wait at once so they can be batched."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = tokens

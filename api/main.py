@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ServiceError
-from .inference import Inference
+from .inference import Inference, widen_threadpool
 from .routes import health, jobs, streams, trees
 from .settings import Settings, get_settings
 from .storage import make_store
@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = make_store(settings)
         app.state.inference = Inference(settings, app.state.store)
         health.DB_COLLECTOR.settings = settings
+        health.DB_COLLECTOR.inference = app.state.inference
+        widen_threadpool()
         yield
 
     app = FastAPI(

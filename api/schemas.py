@@ -122,27 +122,63 @@ class AdapterOut(BaseModel):
     created_at: datetime
 
 
+Routing = Literal["flat", "tree"]
+
+
 class PredictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: list[str] = Field(min_length=1, description="prompts")
     task: str = Field(default="auto", description='a task id or name, or "auto" to route by content')
     max_new_tokens: int = Field(default=16, ge=1)
-    do_sample: bool = False
+    do_sample: bool = Field(default=False, description="sample (temperature, top_p) instead of greedy decoding")
     temperature: float = Field(default=1.0, gt=0, le=10)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, max_length=8, description="generation ends before any of these")
+    seed: int | None = Field(default=None, ge=0, description="makes sampling repeatable")
+    routing: Routing | None = Field(default=None, description='for task "auto": flat prototypes or tree descent')
+    min_confidence: float | None = Field(default=None, ge=0, le=1, description="flag routes below this confidence")
+
+
+class ScoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[str] = Field(min_length=1)
+    choices: list[str] = Field(min_length=1, max_length=32, description="candidate completions, scored for every input")
+    task: str = "auto"
+    routing: Routing | None = None
+    min_confidence: float | None = Field(default=None, ge=0, le=1)
 
 
 class PredictionOut(BaseModel):
     output: str
+    tokens: int
     task: str | None
     confidence: float | None
+    low_confidence: bool
     path: list[dict[str, Any]]
 
 
 class PredictOut(BaseModel):
     tree_version: int
     predictions: list[PredictionOut]
+
+
+class ChoiceScore(BaseModel):
+    choice: str
+    logprob: float
+
+
+class ScoreResult(BaseModel):
+    best: str
+    choices: list[ChoiceScore]
+    task: str | None
+    confidence: float | None
+    low_confidence: bool
+    path: list[dict[str, Any]]
+
+
+class ScoreOut(BaseModel):
+    tree_version: int
+    results: list[ScoreResult]
 
 
 class Health(BaseModel):

@@ -32,6 +32,9 @@ class MultiLoRALinear(nn.Module):
         self.lora_A = nn.ParameterDict()  # name -> (r, in)
         self.lora_B = nn.ParameterDict()  # name -> (out, r)
         self.plan: Plan = []
+        # serving: per-row low-rank factors (A (B, R, in), B (B, out, R)), scaling folded into B,
+        # so a batch of rows on different paths costs two batched matmuls (see serving.py)
+        self.stack: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def add(self, name: str, r: int, generator: torch.Generator | None = None) -> None:
         """A Kaiming-uniform, B zeros: a new adapter starts as the identity (as in PEFT/litgpt)."""
@@ -52,6 +55,9 @@ class MultiLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
         y = self.base(x)
+        if self.stack is not None:
+            a, b = self.stack
+            y = y + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))  # (B,T,R) -> (B,T,out)
         for names, rows in self.plan:
             if not names:
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -23,10 +24,12 @@ LATENCY = Histogram("treelora_http_request_seconds", "HTTP request latency", ["r
 
 
 class DbCollector(Collector):
-    """Jobs by state, streams and tasks, read from the database at scrape time."""
+    """Jobs by state, streams and tasks (read from the database at scrape time) and the serving
+    side's adapter cache and batching counters."""
 
     def __init__(self) -> None:
         self.settings: Settings | None = None
+        self.inference: Any = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.settings is None:
@@ -40,6 +43,9 @@ class DbCollector(Collector):
         yield jobs
         yield GaugeMetricFamily("treelora_streams", "Streams", value=n_streams)
         yield GaugeMetricFamily("treelora_tasks", "Tasks", value=n_tasks)
+        if self.inference is not None:
+            for name, value in self.inference.stats().items():
+                yield GaugeMetricFamily(f"treelora_{name}", name.replace("_", " "), value=value)
 
 
 DB_COLLECTOR = DbCollector()

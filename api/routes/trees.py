@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from ..deps import InferenceDep, SessionDep
 from ..errors import NotFound
-from ..schemas import AdapterOut, PredictIn, PredictOut
+from ..schemas import AdapterOut, PredictIn, PredictOut, ScoreIn, ScoreOut
 from ..services import streams, trees
 from ..services.tasks import get_task
 
@@ -69,10 +69,9 @@ def evaluations(stream_id: str, session: SessionDep) -> dict[str, Any]:
     return trees.evaluations(session=session, stream_id=stream_id)
 
 
-@router.post("/predict", response_model=PredictOut)
-def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
+def _resolve(session: SessionDep, stream_id: str, task: str) -> tuple[Any, Any, str]:
+    """The stream, its latest committed version (fixed for this request) and the task name."""
     stream = streams.get_stream(session=session, stream_id=stream_id)
-    task = body.task
     if task != "auto":
         found = get_task(session=session, stream_id=stream.id, task_id=task)
         if found.status != "learned":
@@ -80,14 +79,18 @@ def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: Inf
         task = found.name
     tv = trees.get_version(session=session, stream=stream)
     session.close()  # generation can take a while: do not hold a connection
-    return inference.predict(
-        stream,
-        tv,
-        task,
-        body.inputs,
-        max_new_tokens=body.max_new_tokens,
-        do_sample=body.do_sample,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-    )
+    return stream, tv, task
+
+
+@router.post("/predict", response_model=PredictOut)
+def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
+    stream, tv, task = _resolve(session, stream_id, body.task)
+    gen = body.model_dump(exclude={"inputs", "task", "stop"})
+    return inference.predict(stream, tv, task, body.inputs, stop=tuple(body.stop), **gen)
+
+
+@router.post("/score", response_model=ScoreOut)
+def score(stream_id: str, body: ScoreIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
+    """Classification without free generation: the log-likelihood of each choice per input."""
+    stream, tv, task = _resolve(session, stream_id, body.task)
+    return inference.score(stream, tv, task, body.inputs, body.choices, body.min_confidence, body.routing)

@@ -28,3 +28,9 @@ def check_strategy(name: str) -> None:
 def make_strategy(name: str, learner: ContinualLearner) -> Strategy:
     check_strategy(name)
     return _registry()[name](learner)
+
+
+def needs_task_id(name: str) -> bool:
+    """Whether the strategy keeps a path per task (so inference needs an id or the router)."""
+    check_strategy(name)
+    return _registry()[name].needs_task_id

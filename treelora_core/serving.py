@@ -1,0 +1,247 @@
+"""Serving many tasks' paths in one batch, the way multi-LoRA servers (S-LoRA, Punica) do it.
+
+The base model is wrapped once (`LoRABank` with no adapters of its own). Node adapters live in an
+`AdapterPool` keyed by content hash, under a byte budget. For a batch, each wrapped Linear gets
+per-row factors: the adapters on that row's path at that block, concatenated along the rank
+(a block that sums k adapters is one rank-k*r update, B1 A1 + B2 A2 = [B1 B2][A1; A2]), zero
+for rows with none. The update then costs two batched matmuls per Linear whatever the mix of
+tasks, and a greedy row's output equals the one it gets alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .batching import hidden_after, left_pad
+from .config import LoraConfig
+from .lora import LoRABank
+
+RowPath = dict[int, tuple[str, ...]]  # block -> adapter keys (content hashes) summed there
+Factors = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  # (block, target) -> (A, s*B)
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_new_tokens: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class AdapterPool:
+    """Adapters by key, least recently used evicted first once over `budget_bytes`; adapters a
+    running batch holds are pinned and never evicted."""
+
+    def __init__(self, budget_bytes: int, device: torch.device | str = "cpu") -> None:
+        self.budget, self.device = budget_bytes, torch.device(device)
+        self._items: OrderedDict[str, Factors] = OrderedDict()
+        self._bytes: dict[str, int] = {}
+        self._pins: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._bytes.values())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def acquire(self, keys: set[str], load: Callable[[str], Factors]) -> None:
+        """Make `keys` resident and pin them; `load(key)` builds a missing adapter's factors."""
+        with self._lock:
+            missing = [k for k in keys if k not in self._items]
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            self._pins.update(keys)
+        try:
+            loaded = {
+                k: {bt: (a.to(self.device), b.to(self.device)) for bt, (a, b) in load(k).items()} for k in missing
+            }
+        except BaseException:
+            self.release(keys)
+            raise
+        with self._lock:
+            for k, f in loaded.items():
+                self._items[k] = f
+                self._bytes[k] = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in f.values())
+            for k in keys:
+                self._items.move_to_end(k)
+            self._evict()
+
+    def release(self, keys: set[str]) -> None:
+        with self._lock:
+            self._pins.subtract(keys)
+            self._pins += Counter()  # drop zero counts
+            self._evict()
+
+    def _evict(self) -> None:
+        for k in list(self._items):
+            if self.nbytes <= self.budget:
+                return
+            if not self._pins[k]:
+                del self._items[k], self._bytes[k]
+                self.evictions += 1
+
+    def factors(self, key: str) -> Factors:
+        return self._items[key]
+
+    @contextmanager
+    def holding(self, keys: set[str], load: Callable[[str], Factors]) -> Iterator[None]:
+        self.acquire(keys, load)
+        try:
+            yield
+        finally:
+            self.release(keys)
+
+
+def factors_from_state(state: dict[str, torch.Tensor], scaling: float) -> Factors:
+    """`LoRABank.state` tensors ('{block}.{target}.A' / '.B') -> factors with B pre-scaled."""
+    out: Factors = {}
+    for key, a in state.items():
+        if key.endswith(".A"):
+            b, t, _ = key.rsplit(".", 2)
+            out[(int(b), t)] = (a.float(), state[key[:-1] + "B"].float() * scaling)
+    return out
+
+
+class Server:
+    """One frozen base model serving rows on any paths (not thread-safe: one batch at a time)."""
+
+    def __init__(
+        self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, target_modules: tuple[str, ...], pool: AdapterPool
+    ) -> None:
+        self.model, self.tok, self.pool = model, tok, pool
+        self.bank = LoRABank(model, LoraConfig(target_modules=target_modules))  # wrappers only
+        self.device = next(model.parameters()).device
+        self.eos = tok.eos_token_id
+
+    # -- per-row factors ------------------------------------------------------------------------
+    def _set_rows(self, paths: list[RowPath]) -> None:
+        for (block, target), mod in self.bank.modules.items():
+            names = [p.get(block, ()) for p in paths]
+            uniq: dict[tuple[str, ...], int] = {}
+            idx = [uniq.setdefault(n, len(uniq)) for n in names]
+            fs = {n: [self.pool.factors(k)[(block, target)] for k in n] for n in uniq}
+            rank = max(sum(a.shape[0] for a, _ in f) for f in fs.values())
+            if rank == 0:
+                mod.stack = None
+                continue
+            a_u = torch.zeros(len(uniq), rank, mod.base.in_features, device=self.device)
+            b_u = torch.zeros(len(uniq), mod.base.out_features, rank, device=self.device)
+            for n, u in uniq.items():
+                off = 0
+                for a, b in fs[n]:
+                    a_u[u, off : off + a.shape[0]] = a
+                    b_u[u, :, off : off + a.shape[0]] = b
+                    off += a.shape[0]
+            if len(uniq) == 1:
+                mod.stack = (a_u.expand(len(paths), -1, -1), b_u.expand(len(paths), -1, -1))
+            else:
+                ix = torch.tensor(idx, device=self.device)
+                mod.stack = (a_u[ix], b_u[ix])
+
+    def _clear(self) -> None:
+        for mod in self.bank.modules.values():
+            mod.stack = None
+
+    @contextmanager
+    def rows(self, paths: list[RowPath]) -> Iterator[None]:
+        self._set_rows(paths)
+        try:
+            yield
+        finally:
+            self._clear()
+
+    # -- embeddings (routing), generation, scoring ----------------------------------------------
+    def _text(self, ids: list[int]) -> str:
+        return str(self.tok.decode(ids, skip_special_tokens=True))
+
+    @torch.no_grad()
+    def embed(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Mean-pooled base-model hidden state after the first quarter of the blocks: (N, C),
+        the space `router.PrototypeRouter` prototypes live in."""
+        ids, mask = left_pad(prompts, self.tok.pad_token_id, self.device)
+        h = hidden_after(self.model, ids, mask, max(1, self.bank.n_blocks // 4))
+        m = mask.unsqueeze(-1).float()
+        return ((h * m).sum(1) / m.sum(1)).cpu()
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: object) -> object:
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+
+    def _pick(self, logits: torch.Tensor, params: list[GenParams], gens: list[torch.Generator | None]) -> torch.Tensor:
+        """Next token per row: greedy argmax, or temperature + top-p sampling with the row's seed."""
+        out = logits.argmax(-1)
+        for i, p in enumerate(params):
+            if not p.do_sample:
+                continue
+            probs = torch.softmax(logits[i].float().cpu() / p.temperature, -1)
+            if p.top_p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                cut = sorted_p.cumsum(0) - sorted_p > p.top_p  # keep the smallest prefix reaching top_p
+                sorted_p[cut] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+            out[i] = int(torch.multinomial(probs, 1, generator=gens[i]))
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[list[int]], paths: list[RowPath], params: list[GenParams]
+    ) -> list[tuple[str, int]]:
+        """(text, generated tokens) per row; each row follows its own path and parameters."""
+        n = len(prompts)
+        ids, mask = left_pad(prompts, self.tok.pad_token_id, self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [torch.Generator().manual_seed(p.seed) if p.do_sample and p.seed is not None else None for p in params]
+        outs: list[list[int]] = [[] for _ in range(n)]
+        texts: list[str | None] = [None] * n
+        limit = max(p.max_new_tokens for p in params)
+        with self.rows(paths):
+            res = self._forward(ids, mask, pos, None)
+            for step in range(limit):
+                nxt = self._pick(res.logits[:, -1], params, gens)  # type: ignore[attr-defined]
+                for i in range(n):
+                    if texts[i] is not None:
+                        continue
+                    tok = int(nxt[i])
+                    if tok == self.eos:
+                        texts[i] = self._text(outs[i])
+                        continue
+                    outs[i].append(tok)
+                    text = self._text(outs[i]) if params[i].stop else ""
+                    hit = [text.index(s) for s in params[i].stop if s in text]
+                    if hit:
+                        texts[i] = text[: min(hit)]
+                    elif len(outs[i]) >= params[i].max_new_tokens:
+                        texts[i] = text or self._text(outs[i])
+                if all(t is not None for t in texts) or step == limit - 1:
+                    break
+                mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+                pos = pos[:, -1:] + 1
+                res = self._forward(nxt.unsqueeze(1), mask, pos, res.past_key_values)  # type: ignore[attr-defined]
+        return [(t if t is not None else self._text(o), len(o)) for t, o in zip(texts, outs, strict=True)]
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[int]], completions: list[list[int]], paths: list[RowPath]) -> list[float]:
+        """Log-likelihood of each row's completion tokens after its prompt, on its path."""
+        seqs = [p + c for p, c in zip(prompts, completions, strict=True)]
+        ids, mask = left_pad(seqs, self.tok.pad_token_id, self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with self.rows(paths):
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        out = []
+        t = ids.shape[1]
+        for i, c in enumerate(completions):
+            rows = torch.arange(t - 1 - len(c), t - 1, device=ids.device)
+            out.append(float(logp[i, rows, ids[i, t - len(c) :]].sum()))
+        return out
