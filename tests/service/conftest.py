@@ -150,3 +150,39 @@ def tiny_dir(tiny_base, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> 
     tiny_base.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+ROWS = [{"prompt": f"Item {i} of the list: what is it?", "completion": "apple"} for i in range(30)]
+
+
+@pytest.fixture
+def wsettings(settings: Settings, tiny_dir: Path) -> Settings:
+    return settings.model_copy(update={"models": f"tiny={tiny_dir}", "heartbeat_s": 0.2, "lease_s": 5.0})
+
+
+@pytest.fixture
+def wclient(wsettings: Settings) -> Any:
+    from api.main import create_app
+
+    with TestClient(create_app(wsettings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def make_stream(client: TestClient, name: str = "s", **train: Any) -> None:
+    cfg = {"epochs": 1, "batch_size": 4, "max_length": 48, "lr": 5e-3, **train}
+    resp = client.post(
+        "/v1/streams",
+        json={
+            "name": name,
+            "base_model": "tiny",
+            "train": cfg,
+            "tree": {"min_own_blocks": 2, "max_pulls": 2, "probe_batch": 4},
+        },
+    )
+    assert resp.status_code == 201, resp.text
+
+
+def submit(client: TestClient, name: str, rows: list[dict[str, str]] = ROWS, stream: str = "s") -> dict[str, Any]:
+    resp = client.post(f"/v1/streams/{stream}/tasks", files={"file": ("t", jsonl(rows), "x")}, data={"name": name})
+    assert resp.status_code == 202, resp.text
+    return resp.json()["job"]  # type: ignore[no-any-return]

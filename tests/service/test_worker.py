@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,42 +20,7 @@ from api.services import runs
 from api.settings import Settings
 from worker.runner import run_job
 
-from .conftest import jsonl
-
-ROWS = [{"prompt": f"Item {i} of the list: what is it?", "completion": "apple"} for i in range(30)]
-
-
-@pytest.fixture
-def wsettings(settings: Settings, tiny_dir: Path) -> Settings:
-    return settings.model_copy(update={"models": f"tiny={tiny_dir}", "heartbeat_s": 0.2, "lease_s": 5.0})
-
-
-@pytest.fixture
-def wclient(wsettings: Settings) -> Any:
-    from api.main import create_app
-
-    with TestClient(create_app(wsettings), raise_server_exceptions=False) as c:
-        yield c
-
-
-def make_stream(client: TestClient, name: str = "s", **train: Any) -> None:
-    cfg = {"epochs": 1, "batch_size": 4, "max_length": 48, "lr": 5e-3, **train}
-    resp = client.post(
-        "/v1/streams",
-        json={
-            "name": name,
-            "base_model": "tiny",
-            "train": cfg,
-            "tree": {"min_own_blocks": 2, "max_pulls": 2, "probe_batch": 4},
-        },
-    )
-    assert resp.status_code == 201, resp.text
-
-
-def submit(client: TestClient, name: str, rows: list[dict[str, str]] = ROWS, stream: str = "s") -> dict[str, Any]:
-    resp = client.post(f"/v1/streams/{stream}/tasks", files={"file": ("t", jsonl(rows), "x")}, data={"name": name})
-    assert resp.status_code == 202, resp.text
-    return resp.json()["job"]  # type: ignore[no-any-return]
+from .conftest import ROWS, make_stream, submit
 
 
 def stream_row(settings: Settings, name: str = "s") -> Stream:

@@ -1,0 +1,102 @@
+"""Serving through the API: concurrent requests for different tasks share batches and answer as
+they would alone; a new tree version is seen by the next request while a request already
+resolved keeps its version; scoring, routing flags and the cache counters."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from api.db import session_factory
+from api.models import Stream, TreeVersion
+from api.serving import Request
+from api.settings import Settings
+from treelora_core.serving import GenParams
+from worker.runner import run_job
+
+from .conftest import ROWS, make_stream, submit
+
+WORDS = ("apple", "mango", "plum")
+
+
+def learn(client: TestClient, settings: Settings, words: tuple[str, ...] = WORDS) -> None:
+    make_stream(client, epochs=8, patience=0, lr=1e-2)
+    for w in words:
+        assert run_job(submit(client, w, [{**r, "completion": w} for r in ROWS])["id"], settings) == "done"
+
+
+def predict(client: TestClient, **body: Any) -> dict[str, Any]:
+    resp = client.post("/v1/streams/s/predict", json={"max_new_tokens": 3, **body})
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def test_concurrent_requests_share_batches_and_match_sequential_answers(
+    wclient: TestClient, wsettings: Settings
+) -> None:
+    learn(wclient, wsettings)
+    prompts = [f"Item {i} of the list: what is it?" for i in range(4)]
+    jobs = [(w, p) for w in WORDS for p in prompts]
+    alone = [predict(wclient, inputs=[p], task=w)["predictions"][0]["output"] for w, p in jobs]
+    inference = wclient.app.state.inference  # type: ignore[attr-defined]
+    before = inference.batcher.batches
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(
+            pool.map(lambda j: predict(wclient, inputs=[j[1]], task=j[0])["predictions"][0]["output"], jobs)
+        )
+    assert together == alone
+    assert inference.batcher.batches - before < len(jobs)  # some requests ran in the same batch
+    assert [a.strip() for a in alone[::4]] == list(WORDS)  # each task answers with its own word
+
+
+def test_new_version_is_seen_and_resolved_requests_keep_theirs(wclient: TestClient, wsettings: Settings) -> None:
+    learn(wclient, wsettings, WORDS[:2])
+    first = predict(wclient, inputs=["Item 1 of the list: what is it?"], task="apple")
+    assert first["tree_version"] == 2
+    inference = wclient.app.state.inference  # type: ignore[attr-defined]
+    with session_factory(wsettings.db_url)() as s:
+        stream = s.query(Stream).one()
+        v2 = s.query(TreeVersion).filter_by(version=2).one()
+    served_v2 = inference.served.get(stream, v2)
+    misses = sum(p.misses for p in [srv.pool for srv in inference.servers.values()])
+    assert run_job(submit(wclient, "plum", [{**r, "completion": "plum"} for r in ROWS])["id"], wsettings) == "done"
+    fresh = predict(wclient, inputs=["Item 1 of the list: what is it?"], task="plum")
+    assert fresh["tree_version"] == 3 and fresh["predictions"][0]["output"].strip() == "plum"
+    stats = inference.stats()
+    assert stats["adapter_cache_misses"] > misses  # the new version's nodes were loaded
+    predict(wclient, inputs=["Item 2 of the list: what is it?"], task="plum")
+    assert inference.stats()["adapter_cache_hits"] > stats["adapter_cache_hits"]  # and now kept
+    # a request that resolved version 2 before the commit still answers on version 2
+    old = inference.batcher.submit(
+        Request(served_v2, ["Item 1 of the list: what is it?"], "apple", params=GenParams(max_new_tokens=3))
+    )
+    assert old[0]["path"] == served_v2.segments["apple"] and old[0]["output"] == first["predictions"][0]["output"]
+
+
+def test_scoring_routing_and_threshold(wclient: TestClient, wsettings: Settings) -> None:
+    learn(wclient, wsettings)
+    resp = wclient.post(
+        "/v1/streams/s/score",
+        json={"inputs": ["Item 2 of the list: what is it?"], "choices": list(WORDS), "task": "mango"},
+    )
+    assert resp.status_code == 200, resp.text
+    result = resp.json()["results"][0]
+    assert result["best"] == "mango" and {c["choice"] for c in result["choices"]} == set(WORDS)
+    for routing in ("flat", "tree"):
+        auto = predict(wclient, inputs=["Item 2 of the list: what is it?"], task="auto", routing=routing)
+        p = auto["predictions"][0]
+        assert p["task"] in WORDS and 0 < p["confidence"] <= 1 and p["path"]
+    sure = predict(wclient, inputs=["Item 2 of the list: what is it?"], min_confidence=0.0)["predictions"][0]
+    unsure = predict(wclient, inputs=["Item 2 of the list: what is it?"], min_confidence=1.0)["predictions"][0]
+    assert sure["low_confidence"] is False and unsure["low_confidence"] is (unsure["confidence"] < 1.0)
+    sampled = [
+        predict(
+            wclient, inputs=["Item 2 of the list: what is it?"], task="plum", do_sample=True, temperature=2.0, seed=3
+        )["predictions"][0]["output"]
+        for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+    metrics = wclient.get("/metrics").text
+    assert "treelora_adapter_cache_bytes" in metrics and "treelora_batches" in metrics
