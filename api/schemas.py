@@ -135,6 +135,7 @@ class PredictIn(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list, max_length=8, description="generation ends before any of these")
     seed: int | None = Field(default=None, ge=0, description="makes sampling repeatable")
+    ignore_eos: bool = Field(default=False, description="always generate max_new_tokens (load tests)")
     routing: Routing | None = Field(default=None, description='for task "auto": flat prototypes or tree descent')
     min_confidence: float | None = Field(default=None, ge=0, le=1, description="flag routes below this confidence")
 

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import safetensors.torch as st
 import torch
@@ -49,6 +49,34 @@ class Served:
 
     def keys(self, tasks: list[str]) -> set[str]:
         return {k for t in tasks for names in self.paths[t].values() for k in names}
+
+
+class Batchable(Protocol):
+    prompts: list[str]
+    choices: list[str]
+
+
+Q = TypeVar("Q", bound=Batchable)
+
+
+def gather(q: queue.Queue[Q], window_ms: float, max_rows: int, max_wait_ms: float = 100.0) -> list[Q]:
+    """Block for one request, then keep taking requests while they keep coming: the batch
+    closes when `window_ms` pass with no new arrival, when `max_wait_ms` have passed since the
+    first, or at `max_rows` rows (a request's inputs, times its choices when scoring). Clients
+    that all answer a finished batch at once arrive spread over a few ms; the gap rule keeps
+    them together where a fixed window would split them."""
+    batch = [q.get()]
+    rows = len(batch[0].prompts) * max(1, len(batch[0].choices))
+    start = time.monotonic()
+    while rows < max_rows:
+        wait = min(window_ms / 1000, start + max_wait_ms / 1000 - time.monotonic())
+        try:
+            req = q.get(timeout=wait) if wait > 0 else q.get_nowait()
+        except queue.Empty:
+            break
+        batch.append(req)
+        rows += len(req.prompts) * max(1, len(req.choices))
+    return batch
 
 
 @dataclass
@@ -97,23 +125,10 @@ class Batcher:
         self.queue.put(req)
         return req.future.result()
 
-    def _gather(self) -> list[Request]:
-        batch = [self.queue.get()]
-        rows = len(batch[0].prompts) * max(1, len(batch[0].choices))
-        deadline = time.monotonic() + self.settings.batch_window_ms / 1000
-        while rows < self.settings.max_batch:
-            wait = deadline - time.monotonic()
-            try:
-                req = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                break
-            batch.append(req)
-            rows += len(req.prompts) * max(1, len(req.choices))
-        return batch
-
     def _loop(self) -> None:
         while True:
-            batch = self._gather()
+            s = self.settings
+            batch = gather(self.queue, s.batch_window_ms, s.max_batch, s.batch_max_wait_ms)
             groups: dict[tuple[str, tuple[str, ...]], list[Request]] = {}
             for r in batch:
                 groups.setdefault((r.served.base_model, r.served.targets), []).append(r)

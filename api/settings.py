@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=2.0, gt=0)  # lease renewal, progress flush, cancel check
     requeue_after_s: float = Field(default=120.0, gt=0)  # a queued job not picked up is sent again
     learner_cache: int = Field(default=1, ge=1)  # full learners kept for PEFT export
-    batch_window_ms: float = Field(default=5.0, ge=0)  # how long a batch waits for more requests
+    batch_window_ms: float = Field(default=20.0, ge=0)  # a batch closes after this long with no new request
+    batch_max_wait_ms: float = Field(default=100.0, ge=0)  # ... or this long after its first request
     max_batch: int = Field(default=32, gt=0)  # rows (inputs) per batch at most
     adapter_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # node adapters kept in memory
     route_min_confidence: float = Field(default=0.5, ge=0, le=1)  # below it, auto routing says so

@@ -181,6 +181,19 @@ def wordnet_glosses(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
     return groups
 
 
+def wordnet_label_sets(n: int, seed: int = 0, size: int = 4) -> tuple[tuple[str, ...], ...]:
+    """`n` distinct label sets of `size` noun supersenses, drawn at random (for streams longer
+    than the six fixed WORDNET_CLASSES, such as the serving benchmark's 32 tasks)."""
+    labels = sorted({lex[5:] for lex in LEXNAMES if lex.startswith("noun.") and lex != "noun.Tops"})
+    rng = random.Random(seed)
+    out: list[tuple[str, ...]] = []
+    while len(out) < n:
+        pick = tuple(sorted(rng.sample(labels, size)))
+        if pick not in out:
+            out.append(pick)
+    return tuple(out)
+
+
 def load_wordnet(
     *,
     n_tasks: int = 5,
@@ -188,14 +201,15 @@ def load_wordnet(
     n_test: int = 100,
     seed: int = 0,
     root: Path = WORDNET_DIR,
+    classes: tuple[tuple[str, ...], ...] = WORDNET_CLASSES,
 ) -> list[Task]:
     """A same-template classification stream: task i tells apart 4 supersenses (its label set)."""
-    if not 1 <= n_tasks <= len(WORDNET_CLASSES):
-        raise DataError(f"n_tasks must be 1..{len(WORDNET_CLASSES)}", param="n_tasks")
+    if not 1 <= n_tasks <= len(classes):
+        raise DataError(f"n_tasks must be 1..{len(classes)}", param="n_tasks")
     groups = wordnet_glosses(root)
     rng = random.Random(seed)
     tasks = []
-    for i, labels in enumerate(WORDNET_CLASSES[:n_tasks]):
+    for i, labels in enumerate(classes[:n_tasks]):
         per = (n_train + n_test) // len(labels) + 1
         rows: list[Example] = []
         for label in labels:

@@ -35,6 +35,7 @@ class GenParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # always generate max_new_tokens (load tests, as vLLM's benchmarks do)
 
 
 class AdapterPool:
@@ -123,7 +124,6 @@ class Server:
         self.model, self.tok, self.pool = model, tok, pool
         self.bank = LoRABank(model, LoraConfig(target_modules=target_modules))  # wrappers only
         self.device = next(model.parameters()).device
-        self.eos = tok.eos_token_id
 
     # -- per-row factors ------------------------------------------------------------------------
     def _set_rows(self, paths: list[RowPath]) -> None:
@@ -163,8 +163,6 @@ class Server:
             self._clear()
 
     # -- embeddings (routing), generation, scoring ----------------------------------------------
-    def _text(self, ids: list[int]) -> str:
-        return str(self.tok.decode(ids, skip_special_tokens=True))
 
     @torch.no_grad()
     def embed(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -175,60 +173,13 @@ class Server:
         m = mask.unsqueeze(-1).float()
         return ((h * m).sum(1) / m.sum(1)).cpu()
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: object) -> object:
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
-
-    def _pick(self, logits: torch.Tensor, params: list[GenParams], gens: list[torch.Generator | None]) -> torch.Tensor:
-        """Next token per row: greedy argmax, or temperature + top-p sampling with the row's seed."""
-        out = logits.argmax(-1)
-        for i, p in enumerate(params):
-            if not p.do_sample:
-                continue
-            probs = torch.softmax(logits[i].float().cpu() / p.temperature, -1)
-            if p.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                cut = sorted_p.cumsum(0) - sorted_p > p.top_p  # keep the smallest prefix reaching top_p
-                sorted_p[cut] = 0.0
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-            out[i] = int(torch.multinomial(probs, 1, generator=gens[i]))
-        return out
-
     @torch.no_grad()
     def generate(
         self, prompts: list[list[int]], paths: list[RowPath], params: list[GenParams]
     ) -> list[tuple[str, int]]:
         """(text, generated tokens) per row; each row follows its own path and parameters."""
-        n = len(prompts)
-        ids, mask = left_pad(prompts, self.tok.pad_token_id, self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        gens = [torch.Generator().manual_seed(p.seed) if p.do_sample and p.seed is not None else None for p in params]
-        outs: list[list[int]] = [[] for _ in range(n)]
-        texts: list[str | None] = [None] * n
-        limit = max(p.max_new_tokens for p in params)
         with self.rows(paths):
-            res = self._forward(ids, mask, pos, None)
-            for step in range(limit):
-                nxt = self._pick(res.logits[:, -1], params, gens)  # type: ignore[attr-defined]
-                for i in range(n):
-                    if texts[i] is not None:
-                        continue
-                    tok = int(nxt[i])
-                    if tok == self.eos:
-                        texts[i] = self._text(outs[i])
-                        continue
-                    outs[i].append(tok)
-                    text = self._text(outs[i]) if params[i].stop else ""
-                    hit = [text.index(s) for s in params[i].stop if s in text]
-                    if hit:
-                        texts[i] = text[: min(hit)]
-                    elif len(outs[i]) >= params[i].max_new_tokens:
-                        texts[i] = text or self._text(outs[i])
-                if all(t is not None for t in texts) or step == limit - 1:
-                    break
-                mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
-                pos = pos[:, -1:] + 1
-                res = self._forward(nxt.unsqueeze(1), mask, pos, res.past_key_values)  # type: ignore[attr-defined]
-        return [(t if t is not None else self._text(o), len(o)) for t, o in zip(texts, outs, strict=True)]
+            return decode(self.model, self.tok, prompts, params)
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], completions: list[list[int]], paths: list[RowPath]) -> list[float]:
@@ -245,3 +196,73 @@ class Server:
             rows = torch.arange(t - 1 - len(c), t - 1, device=ids.device)
             out.append(float(logp[i, rows, ids[i, t - len(c) :]].sum()))
         return out
+
+
+def _pick(logits: torch.Tensor, params: list[GenParams], gens: list[torch.Generator | None]) -> torch.Tensor:
+    """Next token per row: greedy argmax, or temperature + top-p sampling with the row's seed."""
+    out = logits.argmax(-1)
+    for i, p in enumerate(params):
+        if not p.do_sample:
+            continue
+        probs = torch.softmax(logits[i].float().cpu() / p.temperature, -1)
+        if p.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            cut = sorted_p.cumsum(0) - sorted_p > p.top_p  # keep the smallest prefix reaching top_p
+            sorted_p[cut] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+        out[i] = int(torch.multinomial(probs, 1, generator=gens[i]))
+    return out
+
+
+@torch.no_grad()
+def decode(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    params: list[GenParams],
+    **forward_kw: object,
+) -> list[tuple[str, int]]:
+    """Batched decoding with a KV cache, left padding and per-row parameters: (text, generated
+    tokens) per row. `forward_kw` goes to every forward call (PEFT's `adapter_names`, say)."""
+    device = next(model.parameters()).device
+    n = len(prompts)
+    ids, mask = left_pad(prompts, tok.pad_token_id, device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    gens = [torch.Generator().manual_seed(p.seed) if p.do_sample and p.seed is not None else None for p in params]
+    outs: list[list[int]] = [[] for _ in range(n)]
+    texts: list[str | None] = [None] * n
+    limit = max(p.max_new_tokens for p in params)
+
+    def text(ids: list[int]) -> str:
+        return str(tok.decode(ids, skip_special_tokens=True))
+
+    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **forward_kw)
+    for step in range(limit):
+        nxt = _pick(res.logits[:, -1], params, gens)
+        for i in range(n):
+            if texts[i] is not None:
+                continue
+            t = int(nxt[i])
+            if t == tok.eos_token_id and not params[i].ignore_eos:
+                texts[i] = text(outs[i])
+                continue
+            outs[i].append(t)
+            so_far = text(outs[i]) if params[i].stop else ""
+            hit = [so_far.index(s) for s in params[i].stop if s in so_far]
+            if hit:
+                texts[i] = so_far[: min(hit)]
+            elif len(outs[i]) >= params[i].max_new_tokens:
+                texts[i] = so_far or text(outs[i])
+        if all(t is not None for t in texts) or step == limit - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+        pos = pos[:, -1:] + 1
+        res = model(
+            input_ids=nxt.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=res.past_key_values,
+            use_cache=True,
+            **forward_kw,
+        )
+    return [(t if t is not None else text(o), len(o)) for t, o in zip(texts, outs, strict=True)]
