@@ -12,6 +12,7 @@ import io
 import tarfile
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class Inference:
         self.served = ServedCache(settings, store, lambda name: base_model(settings, name)[1])
         self.batcher = Batcher(settings, store, self.server)
         self._export_lock = threading.Lock()
+        self._learners: OrderedDict[tuple[str, int], ContinualLearner] = OrderedDict()
 
     def server(self, model: str, targets: tuple[str, ...]) -> Server:
         with self._servers_lock:
@@ -86,36 +88,26 @@ class Inference:
             "batched_rows": self.batcher.rows,
         }
 
-    def _request(self, stream: Stream, tv: TreeVersion | None, task: str, inputs: list[str], **kw: Any) -> Request:
-        if tv is None:
+    def _request(self, stream: Stream, task: str, inputs: list[str], **kw: Any) -> Request:
+        """A request on the stream's latest committed version, as read when it arrived."""
+        if stream.tree_version == 0:
             raise Conflict(f"stream {stream.name!r} has learned no task yet", code="not_ready")
         check_inputs(self.settings, inputs)
-        return Request(self.served.get(stream, tv), inputs, task, **kw)
+        return Request(self.served.get(stream), inputs, task, **kw)
 
-    def predict(
-        self, stream: Stream, tv: TreeVersion | None, task: str, inputs: list[str], **gen: Any
-    ) -> dict[str, Any]:
+    def predict(self, stream: Stream, task: str, inputs: list[str], **gen: Any) -> dict[str, Any]:
         s = self.settings
         if gen["max_new_tokens"] > s.max_new_tokens_limit:
             raise Invalid(f"max_new_tokens must be at most {s.max_new_tokens_limit}", param="max_new_tokens")
         routing = gen.pop("routing") or s.routing
         min_conf = gen.pop("min_confidence")
-        req = self._request(
-            stream,
-            tv,
-            task,
-            inputs,
-            params=GenParams(**gen),
-            routing=routing,
-            min_confidence=s.route_min_confidence if min_conf is None else min_conf,
-        )
-        assert tv is not None
-        return {"tree_version": tv.version, "predictions": self.batcher.submit(req)}
+        conf = s.route_min_confidence if min_conf is None else min_conf
+        req = self._request(stream, task, inputs, params=GenParams(**gen), routing=routing, min_confidence=conf)
+        return {"tree_version": req.served.version, "predictions": self.batcher.submit(req)}
 
     def score(
         self,
         stream: Stream,
-        tv: TreeVersion | None,
         task: str,
         inputs: list[str],
         choices: list[str],
@@ -123,22 +115,18 @@ class Inference:
         routing: str | None = None,
     ) -> dict[str, Any]:
         s = self.settings
-        req = self._request(
-            stream,
-            tv,
-            task,
-            inputs,
-            choices=choices,
-            routing=routing or s.routing,
-            min_confidence=s.route_min_confidence if min_confidence is None else min_confidence,
-        )
-        assert tv is not None
-        return {"tree_version": tv.version, "results": self.batcher.submit(req)}
+        conf = s.route_min_confidence if min_confidence is None else min_confidence
+        req = self._request(stream, task, inputs, choices=choices, routing=routing or s.routing, min_confidence=conf)
+        return {"tree_version": req.served.version, "results": self.batcher.submit(req)}
 
     def adapter_archive(self, stream: Stream, tv: TreeVersion, task: str) -> bytes:
         """The task's path flattened to a PEFT LoRA adapter, as a .tar.gz of its folder."""
         with self._export_lock, tempfile.TemporaryDirectory() as tmp:
-            learner = load_learner(self.settings, self.store, stream, tv)
+            key = (stream.id, tv.version)
+            learner = self._learners.pop(key, None) or load_learner(self.settings, self.store, stream, tv)
+            self._learners[key] = learner  # most recent last
+            while len(self._learners) > self.settings.learner_cache:
+                self._learners.popitem(last=False)
             name = task if learner.strategy.needs_task_id else None
             export_peft(learner, name, Path(tmp) / "adapter", base_model_name=stream.base_model)
             buf = io.BytesIO()

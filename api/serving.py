@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import safetensors.torch as st
 import torch
+from sqlalchemy import select
 
 from treelora_core.config import config_from_dict
 from treelora_core.models import Formatter
@@ -25,7 +26,8 @@ from treelora_core.router import PrototypeRouter
 from treelora_core.serving import Factors, GenParams, RowPath, Server, factors_from_state
 from treelora_core.strategies import needs_task_id
 
-from .errors import Invalid
+from .db import session_factory
+from .errors import Conflict, Invalid
 from .models import Stream, TreeVersion
 from .settings import Settings
 from .storage import BlobStore
@@ -49,6 +51,13 @@ class Served:
 
     def keys(self, tasks: list[str]) -> set[str]:
         return {k for t in tasks for names in self.paths[t].values() for k in names}
+
+    @property
+    def all_keys(self) -> set[str]:
+        return self.keys(list(self.paths))
+
+
+Routes = list[list[tuple[str, float | None]]]  # per request, per input: (task, routing confidence)
 
 
 class Batchable(Protocol):
@@ -91,27 +100,6 @@ class Request:
     future: Future[list[dict[str, Any]]] = field(default_factory=Future)
 
 
-def route_tree(served: Served, scores: torch.Tensor) -> int:
-    """Descend the tree: at each level take the child whose member tasks score best on
-    average; -> the index (in the router's order) of the task at the leaf reached."""
-    names = served.router.names
-    nodes = {n["id"]: n for n in served.tree.get("nodes", [])}
-    level = [n["id"] for n in nodes.values() if n["parent"] is None]
-    if not level:
-        return int(scores.argmax())
-    while True:
-
-        def mean_score(node_id: str) -> float:
-            members = [names.index(t) for t in nodes[node_id]["members"] if t in names]
-            return float(scores[members].mean()) if members else -1.0
-
-        best = max(level, key=mean_score)
-        if nodes[best]["task"] is not None or not nodes[best]["children"]:
-            task = nodes[best]["task"] or nodes[best]["members"][0]
-            return names.index(task)
-        level = nodes[best]["children"]
-
-
 class Batcher:
     def __init__(self, settings: Settings, store: BlobStore, load_server: Any) -> None:
         self.settings, self.store, self.load_server = settings, store, load_server
@@ -142,59 +130,17 @@ class Batcher:
 
     def _run(self, server: Server, reqs: list[Request]) -> None:
         self.batches += 1
-        # 1. resolve tasks: the given one, or the router on base-model embeddings
-        tasks: list[list[tuple[str, float | None]]] = []
-        auto = [(r, p) for r in reqs if r.task == "auto" and r.served.needs_task_id for p in r.prompts]
-        emb = server.embed([r.served.fmt.encode_prompt(p) for r, p in auto]) if auto else None
-        k = 0
-        for r in reqs:
-            if r.task != "auto" or not r.served.needs_task_id:
-                name = r.task if r.task != "auto" else r.served.router.names[-1]
-                tasks.append([(name, None)] * len(r.prompts))
-                continue
-            assert emb is not None
-            scores = r.served.router.scores(emb[k : k + len(r.prompts)])
-            probs = torch.softmax(scores / r.served.router.temperature, dim=1)
-            picked: list[tuple[str, float | None]] = []
-            for row in range(len(r.prompts)):
-                i = route_tree(r.served, scores[row]) if r.routing == "tree" else int(probs[row].argmax())
-                picked.append((r.served.router.names[i], float(probs[row, i])))
-            tasks.append(picked)
-            k += len(r.prompts)
-        # 2. rows: one per input (generation) or per input and choice (scoring)
-        keys: set[str] = set()
-        for r, ts in zip(reqs, tasks, strict=True):
-            keys |= r.served.keys([t for t, _ in ts])
-        scaling = {k: r.served.scaling for r in reqs for k in r.served.keys(list(r.served.paths))}
+        tasks = self._resolve(server, reqs)
+        keys = set().union(*(r.served.keys([t for t, _ in ts]) for r, ts in zip(reqs, tasks, strict=True)))
+        scaling = {k: r.served.scaling for r in reqs for k in r.served.all_keys}
 
         def load(sha: str) -> Factors:
             return factors_from_state(st.load(self.store.get(sha)), scaling[sha])
 
         with server.pool.holding(keys, load):
-            gen_rows = [(r, i) for r in reqs if r.params is not None for i in range(len(r.prompts))]
-            score_rows = [(r, i, c) for r in reqs if r.params is None for i in range(len(r.prompts)) for c in r.choices]
-            req_index = {id(r): j for j, r in enumerate(reqs)}
-            texts: dict[tuple[int, int], tuple[str, int]] = {}
-            for lo in range(0, len(gen_rows), self.settings.max_batch):
-                chunk = gen_rows[lo : lo + self.settings.max_batch]
-                ids, paths, params = [], [], []
-                for r, i in chunk:
-                    assert r.params is not None
-                    ids.append(r.served.fmt.encode_prompt(r.prompts[i], min(r.params.max_new_tokens, 64)))
-                    paths.append(r.served.paths[tasks[req_index[id(r)]][i][0]])
-                    params.append(r.params)
-                for (r, i), out in zip(chunk, server.generate(ids, paths, params), strict=True):
-                    texts[(id(r), i)] = out
-            logps: dict[tuple[int, int, str], float] = {}
-            for lo in range(0, len(score_rows), self.settings.max_batch):
-                chunk_s = score_rows[lo : lo + self.settings.max_batch]
-                prompts = [r.served.fmt.encode_prompt(r.prompts[i], 16) for r, i, _ in chunk_s]
-                comps = [r.served.fmt.completion_ids(c) for r, _, c in chunk_s]
-                paths = [r.served.paths[tasks[req_index[id(r)]][i][0]] for r, i, _ in chunk_s]
-                for (r, i, c), lp in zip(chunk_s, server.score(prompts, comps, paths), strict=True):
-                    logps[(id(r), i, c)] = lp
-        self.rows += len(gen_rows) + len(score_rows)
-        # 3. answers
+            texts = self._generate(server, reqs, tasks)
+            logps = self._score(server, reqs, tasks)
+        self.rows += len(texts) + len(logps)
         for r, ts in zip(reqs, tasks, strict=True):
             answers: list[dict[str, Any]] = []
             for i, (task, conf) in enumerate(ts):
@@ -213,6 +159,70 @@ class Batcher:
                 answers.append(item)
             r.future.set_result(answers)
 
+    def _resolve(self, server: Server, reqs: list[Request]) -> Routes:
+        """Each input's task and routing confidence: the given task, or the router's pick from
+        base-model embeddings (one forward pass for all of the batch's `auto` inputs)."""
+        auto = [
+            r.served.fmt.encode_prompt(p)
+            for r in reqs
+            if r.task == "auto" and r.served.needs_task_id
+            for p in r.prompts
+        ]
+        emb = server.embed(auto) if auto else None
+        out: Routes = []
+        k = 0
+        for r in reqs:
+            if r.task != "auto" or not r.served.needs_task_id:
+                name = r.task if r.task != "auto" else r.served.router.names[-1]  # one shared path
+                out.append([(name, None)] * len(r.prompts))
+                continue
+            assert emb is not None
+            router = r.served.router
+            scores = router.scores(emb[k : k + len(r.prompts)])
+            probs = torch.softmax(scores / router.temperature, dim=1)
+            picks = [
+                router.descend(row, r.served.tree["nodes"]) if r.routing == "tree" else int(row.argmax())
+                for row in scores
+            ]
+            out.append([(router.names[i], float(probs[row, i])) for row, i in enumerate(picks)])
+            k += len(r.prompts)
+        return out
+
+    def _generate(self, server: Server, reqs: list[Request], tasks: Routes) -> dict[tuple[int, int], tuple[str, int]]:
+        rows = [
+            (r, r.params, i, ts[i][0])
+            for r, ts in zip(reqs, tasks, strict=True)
+            if r.params is not None
+            for i in range(len(r.prompts))
+        ]
+        out: dict[tuple[int, int], tuple[str, int]] = {}
+        for lo in range(0, len(rows), self.settings.max_batch):
+            chunk = rows[lo : lo + self.settings.max_batch]
+            params = [p for _, p, _, _ in chunk]
+            ids = [r.served.fmt.encode_prompt(r.prompts[i], min(p.max_new_tokens, 64)) for r, p, i, _ in chunk]
+            paths = [r.served.paths[t] for r, _, _, t in chunk]
+            for (r, _, i, _), res in zip(chunk, server.generate(ids, paths, params), strict=True):
+                out[(id(r), i)] = res
+        return out
+
+    def _score(self, server: Server, reqs: list[Request], tasks: Routes) -> dict[tuple[int, int, str], float]:
+        rows = [
+            (r, i, ts[i][0], c)
+            for r, ts in zip(reqs, tasks, strict=True)
+            if r.params is None
+            for i in range(len(r.prompts))
+            for c in r.choices
+        ]
+        out: dict[tuple[int, int, str], float] = {}
+        for lo in range(0, len(rows), self.settings.max_batch):
+            chunk = rows[lo : lo + self.settings.max_batch]
+            prompts = [r.served.fmt.encode_prompt(r.prompts[i], 16) for r, i, _, _ in chunk]
+            comps = [r.served.fmt.completion_ids(c) for r, _, _, c in chunk]
+            paths = [r.served.paths[t] for r, _, t, _ in chunk]
+            for (r, i, _, c), lp in zip(chunk, server.score(prompts, comps, paths), strict=True):
+                out[(id(r), i, c)] = lp
+        return out
+
 
 class ServedCache:
     """Committed versions made servable, a few per stream (they are small: no tensors but the
@@ -223,12 +233,21 @@ class ServedCache:
         self._items: OrderedDict[tuple[str, int], Served] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, stream: Stream, tv: TreeVersion) -> Served:
-        key = (stream.id, tv.version)
+    def get(self, stream: Stream) -> Served:
+        """The stream's version `stream.tree_version`; its row is read only when not cached."""
+        key = (stream.id, stream.tree_version)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+        with session_factory(self.settings.db_url)() as session:
+            tv = session.scalar(
+                select(TreeVersion).where(
+                    TreeVersion.stream_id == stream.id, TreeVersion.version == stream.tree_version
+                )
+            )
+        if tv is None:
+            raise Conflict(f"stream {stream.name!r} has no version {stream.tree_version}", code="not_ready")
         served = self._build(stream, tv)
         with self._lock:
             self._items[key] = served

@@ -85,6 +85,73 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     out += [f"![{title}](benchmarks/{name}.png)", ""]
 
 
+SERVING_CMD = "python -m api.bench_serving"
+
+
+def _serving(out: list[str], folder: Path) -> None:
+    """The serving benchmark (written by the service's `api.bench_serving`)."""
+    out += ["## Serving", "", f"`{SERVING_CMD}`", ""]
+    path = folder / "serving.json"
+    if not path.exists():
+        out += ["Not run yet.", ""]
+        return
+    data = json.loads(path.read_text())
+    st = data["setup"]
+    out += [
+        f"Model {data['model']} on {st['device']} ({st['cpu_count']} cores), one stream of {st['tasks']} learned "
+        f"WordNet tasks; {st['clients']} closed-loop clients over HTTP for {st['seconds']:.0f} s per cell, one "
+        f"prompt per request, {st['max_new_tokens']} new tokens (EOS ignored), batches of at most "
+        f"{st['max_batch']} rows gathered with a {st['batch_window_ms']:.0f} ms gap rule (at most "
+        f"{st['batch_max_wait_ms']:.0f} ms) by every batching system. Systems run one at a time on the same "
+        "machine; ratios are this service's figure over the other system's.",
+        "",
+        "| tasks in mix | system | tokens/s | p50 ms | p99 ms | requests | errors | treelora tokens/s ÷ this |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mix, systems in data["mixes"].items():
+        ours = systems.get("treelora", {}).get("tokens_per_s")
+        for name, r in systems.items():
+            ratio = f"{ours / r['tokens_per_s']:.2f}" if ours and r["tokens_per_s"] else "-"
+            out.append(
+                f"| {mix} | {name} | {r['tokens_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                f"{r['requests']} | {r['errors']} | {ratio} |"
+            )
+    out.append("")
+    ra = data.get("routing_accuracy")
+    if ra:
+        out += [
+            f'Routing without a task id (`task: "auto"`) on every task\'s held-out prompts: flat prototypes '
+            f"{ra['flat']}%, tree descent {ra['tree']}%.",
+            "",
+        ]
+    rt = folder / "routing.json"
+    if rt.exists():
+        r = json.loads(rt.read_text())
+        out += [
+            "The continual benchmark's streams (`python -m treelora_core.bench_routing`; each stream's tree "
+            "replayed from its `treelora` run, prototypes from the training prompts):",
+            "",
+            "| stream | tasks | test prompts | flat % | tree % |",
+            "|---|---|---|---|---|",
+            *(f"| {k} | {v['tasks']} | {v['test_prompts']} | {v['flat']} | {v['tree']} |" for k, v in r.items()),
+            "",
+        ]
+    ld = data.get("load")
+    if ld:
+        out += [
+            f"Load test: {ld['clients']} clients for {ld['seconds']:.0f} s on the {st['tasks']}-task mix: "
+            f"{ld['requests']} requests, {ld['errors']} errors, {ld['tokens_per_s']:.1f} tokens/s, p50 "
+            f"{ld['p50_ms']:.0f} ms, p99 {ld['p99_ms']:.0f} ms; resident memory of the service (API and worker "
+            f"processes) {ld['rss_mb_first']:.0f} MB at the start, {ld['rss_mb_max']:.0f} MB at most, "
+            f"{ld['rss_mb_last']:.0f} MB at the end.",
+            "",
+        ]
+    out += ["![serving](benchmarks/serving.png)", ""]
+    notes = folder / "serving-notes.md"
+    if notes.exists():
+        out += [notes.read_text()]
+
+
 def render(folder: Path) -> str:
     out = [
         "# Benchmarks",
@@ -129,6 +196,7 @@ def render(folder: Path) -> str:
     notes = folder / "notes.md"
     if notes.exists():
         out += [notes.read_text()]
+    _serving(out, folder)
     return "\n".join(out) + "\n"
 
 

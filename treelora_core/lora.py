@@ -32,9 +32,10 @@ class MultiLoRALinear(nn.Module):
         self.lora_A = nn.ParameterDict()  # name -> (r, in)
         self.lora_B = nn.ParameterDict()  # name -> (out, r)
         self.plan: Plan = []
-        # serving: per-row low-rank factors (A (B, R, in), B (B, out, R)), scaling folded into B,
-        # so a batch of rows on different paths costs two batched matmuls (see serving.py)
-        self.stack: tuple[torch.Tensor, torch.Tensor] | None = None
+        # serving (see serving.py): the factors of every adapter a batch uses at this Linear, side
+        # by side (A_all (K, in), B_all (out, K), scaling folded in), and a (B, 1, K) 0/1 mask of
+        # the columns each row's path uses (None: every row uses all of them)
+        self.stack: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def add(self, name: str, r: int, generator: torch.Generator | None = None) -> None:
         """A Kaiming-uniform, B zeros: a new adapter starts as the identity (as in PEFT/litgpt)."""
@@ -56,8 +57,9 @@ class MultiLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
         y = self.base(x)
         if self.stack is not None:
-            a, b = self.stack
-            y = y + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))  # (B,T,R) -> (B,T,out)
+            a, b, mask = self.stack
+            h = F.linear(x, a)  # (B, T, K): every adapter's rank-r projection, two dense GEMMs in all
+            y = y + F.linear(h if mask is None else h * mask, b)
         for names, rows in self.plan:
             if not names:
                 continue

@@ -52,6 +52,25 @@ class PrototypeRouter:
         conf, idx = probs.max(1)
         return [(self.names[int(i)], float(c)) for i, c in zip(idx, conf, strict=True)]
 
+    def descend(self, scores: torch.Tensor, nodes: list[dict]) -> int:
+        """Tree routing for one input: from the top level of a tree view (`views.tree_view`
+        nodes), take at each level the child whose member tasks score best on average, down to a
+        leaf; -> the index of its task in `names`. scores: (tasks,) from `scores()`."""
+        by_id = {n["id"]: n for n in nodes}
+        level = [n["id"] for n in nodes if n["parent"] is None]
+        if not level:
+            return int(scores.argmax())
+
+        def mean_score(node_id: str) -> float:
+            members = [self.names.index(t) for t in by_id[node_id]["members"] if t in self.names]
+            return float(scores[members].mean()) if members else -1.0
+
+        while True:
+            best = by_id[max(level, key=mean_score)]
+            if best["task"] is not None or not best["children"]:
+                return self.names.index(best["task"] or best["members"][0])
+            level = best["children"]
+
     def state(self) -> dict[str, torch.Tensor]:
         return {f"proto.{n}": p for n, p in zip(self.names, self.protos, strict=True)}
 

@@ -2,10 +2,13 @@
 
 The base model is wrapped once (`LoRABank` with no adapters of its own). Node adapters live in an
 `AdapterPool` keyed by content hash, under a byte budget. For a batch, each wrapped Linear gets
-per-row factors: the adapters on that row's path at that block, concatenated along the rank
-(a block that sums k adapters is one rank-k*r update, B1 A1 + B2 A2 = [B1 B2][A1; A2]), zero
-for rows with none. The update then costs two batched matmuls per Linear whatever the mix of
-tasks, and a greedy row's output equals the one it gets alone.
+the factors of every distinct adapter the batch uses at that block side by side, A_all (K, in)
+and B_all (out, K), plus a 0/1 mask of the columns each row's path uses:
+    y = W x + ((x A_all^T) * mask) B_all^T,
+which for a row is the sum of its own adapters (a block that sums k adapters is one rank-k*r
+update, B1 A1 + B2 A2 = [B1 B2][A1; A2]). Two dense GEMMs per Linear whatever the mix of tasks;
+each adapter is read once per step however many rows use it, and no per-row copies are made.
+A greedy row's output equals the one it gets alone.
 """
 
 from __future__ import annotations
@@ -129,26 +132,25 @@ class Server:
     def _set_rows(self, paths: list[RowPath]) -> None:
         for (block, target), mod in self.bank.modules.items():
             names = [p.get(block, ()) for p in paths]
-            uniq: dict[tuple[str, ...], int] = {}
-            idx = [uniq.setdefault(n, len(uniq)) for n in names]
-            fs = {n: [self.pool.factors(k)[(block, target)] for k in n] for n in uniq}
-            rank = max(sum(a.shape[0] for a, _ in f) for f in fs.values())
-            if rank == 0:
+            keys = list(dict.fromkeys(k for n in names for k in n))  # distinct adapters, first-seen order
+            if not keys:
                 mod.stack = None
                 continue
-            a_u = torch.zeros(len(uniq), rank, mod.base.in_features, device=self.device)
-            b_u = torch.zeros(len(uniq), mod.base.out_features, rank, device=self.device)
-            for n, u in uniq.items():
-                off = 0
-                for a, b in fs[n]:
-                    a_u[u, off : off + a.shape[0]] = a
-                    b_u[u, :, off : off + a.shape[0]] = b
-                    off += a.shape[0]
-            if len(uniq) == 1:
-                mod.stack = (a_u.expand(len(paths), -1, -1), b_u.expand(len(paths), -1, -1))
-            else:
-                ix = torch.tensor(idx, device=self.device)
-                mod.stack = (a_u[ix], b_u[ix])
+            fs = [self.pool.factors(k)[(block, target)] for k in keys]
+            cols: dict[str, tuple[int, int]] = {}
+            start = 0
+            for k, (a, _) in zip(keys, fs, strict=True):
+                cols[k] = (start, start + a.shape[0])
+                start += a.shape[0]
+            a_all = torch.cat([a for a, _ in fs]).to(self.device)
+            b_all = torch.cat([b for _, b in fs], dim=1).to(self.device)
+            mask = None
+            if any(n != names[0] for n in names) or len(names[0]) != len(keys):
+                mask = torch.zeros(len(paths), 1, start, device=self.device)
+                for row, n in enumerate(names):
+                    for k in n:
+                        mask[row, 0, cols[k][0] : cols[k][1]] = 1.0
+            mod.stack = (a_all, b_all, mask)
 
     def _clear(self) -> None:
         for mod in self.bank.modules.values():

@@ -4,6 +4,7 @@ version, adapters and evaluation in one transaction. Any failure leaves the stre
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -74,6 +75,7 @@ def run_job(job_id: str, settings: Settings, store: BlobStore | None = None) -> 
             runs.fail(session=session, job_id=job_id, owner=owner, code=error_code(exc), message=str(exc) or repr(exc))
     finally:
         hb.stop()
+        gc.collect()  # the job's model copy sits in reference cycles: free it before the next job
     return "done"
 
 

@@ -69,28 +69,27 @@ def evaluations(stream_id: str, session: SessionDep) -> dict[str, Any]:
     return trees.evaluations(session=session, stream_id=stream_id)
 
 
-def _resolve(session: SessionDep, stream_id: str, task: str) -> tuple[Any, Any, str]:
-    """The stream, its latest committed version (fixed for this request) and the task name."""
+def _resolve(session: SessionDep, stream_id: str, task: str) -> tuple[Any, str]:
+    """The stream (its `tree_version` is the version this request is served on) and the task."""
     stream = streams.get_stream(session=session, stream_id=stream_id)
     if task != "auto":
         found = get_task(session=session, stream_id=stream.id, task_id=task)
         if found.status != "learned":
             raise NotFound(f"task {found.name!r} is not learned yet (status {found.status})", param="task")
         task = found.name
-    tv = trees.get_version(session=session, stream=stream)
     session.close()  # generation can take a while: do not hold a connection
-    return stream, tv, task
+    return stream, task
 
 
 @router.post("/predict", response_model=PredictOut)
 def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
-    stream, tv, task = _resolve(session, stream_id, body.task)
+    stream, task = _resolve(session, stream_id, body.task)
     gen = body.model_dump(exclude={"inputs", "task", "stop"})
-    return inference.predict(stream, tv, task, body.inputs, stop=tuple(body.stop), **gen)
+    return inference.predict(stream, task, body.inputs, stop=tuple(body.stop), **gen)
 
 
 @router.post("/score", response_model=ScoreOut)
 def score(stream_id: str, body: ScoreIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
     """Classification without free generation: the log-likelihood of each choice per input."""
-    stream, tv, task = _resolve(session, stream_id, body.task)
-    return inference.score(stream, tv, task, body.inputs, body.choices, body.min_confidence, body.routing)
+    stream, task = _resolve(session, stream_id, body.task)
+    return inference.score(stream, task, body.inputs, body.choices, body.min_confidence, body.routing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from treelora_core.config import config_from_dict
@@ -45,7 +45,7 @@ def create_stream(
 
 def get_stream(*, session: Session, stream_id: str) -> Stream:
     """By id or by name."""
-    stream = session.get(Stream, stream_id) or session.scalar(select(Stream).where(Stream.name == stream_id))
+    stream = session.scalar(select(Stream).where(or_(Stream.id == stream_id, Stream.name == stream_id)))
     if stream is None:
         raise NotFound(f"no stream {stream_id!r}", param="stream_id")
     return stream

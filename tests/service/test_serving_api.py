@@ -10,7 +10,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from api.db import session_factory
-from api.models import Stream, TreeVersion
+from api.models import Stream
 from api.serving import Request
 from api.settings import Settings
 from treelora_core.serving import GenParams
@@ -57,9 +57,9 @@ def test_new_version_is_seen_and_resolved_requests_keep_theirs(wclient: TestClie
     assert first["tree_version"] == 2
     inference = wclient.app.state.inference  # type: ignore[attr-defined]
     with session_factory(wsettings.db_url)() as s:
-        stream = s.query(Stream).one()
-        v2 = s.query(TreeVersion).filter_by(version=2).one()
-    served_v2 = inference.served.get(stream, v2)
+        stream = s.query(Stream).one()  # at version 2
+    served_v2 = inference.served.get(stream)
+    assert served_v2.version == 2
     misses = sum(p.misses for p in [srv.pool for srv in inference.servers.values()])
     assert run_job(submit(wclient, "plum", [{**r, "completion": "plum"} for r in ROWS])["id"], wsettings) == "done"
     fresh = predict(wclient, inputs=["Item 1 of the list: what is it?"], task="plum")

@@ -1,0 +1,46 @@
+"""Routing without a task id: flat prototypes and tree descent, on hand-made embeddings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from treelora_core.bench_routing import tree_nodes
+from treelora_core.router import PrototypeRouter
+
+PLACEMENTS = [
+    {},
+    {"relative": "a", "branch_at": 2},
+    {"relative": "a", "branch_at": 0},
+    {"relative": "c", "branch_at": 3},
+]
+
+
+def test_replayed_tree_and_descent() -> None:
+    nodes = tree_nodes(PLACEMENTS, ["a", "b", "c", "d"], n_blocks=4)
+    tops = [n for n in nodes if n["parent"] is None]
+    assert sorted(sorted(n["members"]) for n in tops) == [["a", "b"], ["c", "d"]]
+    router = PrototypeRouter(per_task=1)
+    basis = torch.eye(4)
+    for i, name in enumerate("abcd"):
+        router.add(name, basis[i : i + 1])
+    scores = torch.tensor([0.9, 0.8, 0.85, 0.1])  # subtree {a, b} wins on average, then "a"
+    assert router.descend(scores, nodes) == 0
+    # flat routing takes the single best task; descent may differ when a subtree is better on average
+    scores = torch.tensor([0.5, 0.1, 0.6, 0.55])
+    assert int(scores.argmax()) == 2 and router.descend(scores, nodes) == 2
+    scores = torch.tensor([0.7, 0.65, 0.72, 0.1])
+    assert int(scores.argmax()) == 2 and router.descend(scores, nodes) == 0
+    assert router.descend(scores, []) == 2  # no tree: same as flat
+
+
+def test_committed_serving_benchmark_has_the_documented_shape() -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "serving.json"
+    data = json.loads(path.read_text())
+    assert set(data["mixes"]) == {"1", "8", "32"} and isinstance(data["model"], str)
+    for systems in data["mixes"].values():
+        assert set(systems) == {"treelora", "base", "peft_switch", "peft_mixed", "merged_switch"}
+        for r in systems.values():
+            assert {"tokens_per_s", "p50_ms", "p99_ms"} <= set(r) and r["errors"] == 0
