@@ -3,17 +3,17 @@
     python -m api.bench_serving                     # -> docs/benchmarks/serving.json, serving.png
     python -m api.bench_serving --profile smoke     # the pipeline in a few minutes (numbers mean little)
 
-1. Runs the service (embedded mode) and teaches one stream `--tasks` real WordNet tasks (random
+1. Runs the service (embedded mode) and teaches one stream 32 real WordNet tasks (random
    4-label supersense sets; reused from `--state` when already there), then downloads each task's
    path as a PEFT adapter.
 2. For each system (`treelora` = this service, then `base`, `peft_switch`, `peft_mixed`,
-   `merged_switch` from `api.bench_systems`), one at a time on the same machine: `--clients`
-   concurrent clients send greedy requests (one prompt each, `--max-new-tokens` tokens with EOS
-   ignored) for `--seconds`, each to a task drawn from a mix of 1, 8 or 32 tasks; tokens/s and
-   p50/p99 latency are measured by the clients.
+   `merged_switch` from `api.bench_systems`), one at a time on the same machine: closed-loop
+   clients (32 in the full profile) send greedy requests (one prompt each, 32 new tokens with EOS
+   ignored) for 40 s, each to a task drawn from a mix of 1, 8 or 32 tasks; tokens/s and p50/p99
+   latency are measured by the clients. The batching systems all use the service's batching policy.
 3. Routing accuracy of `task: "auto"` (flat and tree) on every task's held-out prompts.
-4. A load test: `--load-clients` clients for `--load-seconds` on the 32-task mix, counting errors
-   and sampling the API process's memory every second.
+4. A load test: twice as many clients for 60 s on the 32-task mix, counting errors and sampling
+   the service's memory (API and worker processes) every second.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from treelora_core.data import Task, load_wordnet, wordnet_label_sets
 
 from .bench_systems import SYSTEMS
 from .demo import jsonl
+from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = {
@@ -257,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
                         str(args.state / "adapters"),
                         "--port",
                         str(port),
+                        "--window-ms",  # the service's batching policy, for every batching system alike
+                        str(Settings().batch_window_ms),
+                        "--max-wait-ms",
+                        str(Settings().batch_max_wait_ms),
+                        "--max-batch",
+                        str(Settings().max_batch),
                     ],
                     {},
                     args.state / f"{system}.log",
@@ -294,8 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": secs,
         "max_new_tokens": new,
         "ignore_eos": True,
-        "batch_window_ms": 5.0,
-        "max_batch": 32,
+        "batch_window_ms": Settings().batch_window_ms,
+        "batch_max_wait_ms": Settings().batch_max_wait_ms,
+        "max_batch": Settings().max_batch,
         "device": "cpu",
         "cpu_count": os.cpu_count(),
         "profile": args.profile,
