@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
 import safetensors.torch as st
@@ -52,7 +53,7 @@ class Served:
     def keys(self, tasks: list[str]) -> set[str]:
         return {k for t in tasks for names in self.paths[t].values() for k in names}
 
-    @property
+    @cached_property
     def all_keys(self) -> set[str]:
         return self.keys(list(self.paths))
 
