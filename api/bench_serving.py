@@ -31,10 +31,9 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from treelora_core.data import Task, load_wordnet, wordnet_label_sets
+from treelora_core.data import Task, load_wordnet, to_jsonl, wordnet_label_sets
 
 from .bench_systems import SYSTEMS
-from .demo import jsonl
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +86,7 @@ def teach(base: str, tasks: list[Task]) -> None:
         jobs = []
         for t in tasks:
             if t.name not in have:
-                files = {"file": ("t.jsonl", jsonl(t.train)), "eval_file": ("e.jsonl", jsonl(t.test))}
+                files = {"file": ("t.jsonl", to_jsonl(t.train)), "eval_file": ("e.jsonl", to_jsonl(t.test))}
                 r = c.post(f"/v1/streams/{STREAM}/tasks", files=files, data={"name": t.name})
                 r.raise_for_status()
                 jobs.append(r.json()["job"]["id"])

@@ -15,11 +15,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from treelora_core.data import Task, load_wordnet
-
-
-def jsonl(rows: list[Any]) -> bytes:
-    return "".join(json.dumps({"prompt": e.prompt, "completion": e.completion}) + "\n" for e in rows).encode()
+from treelora_core.data import Task, load_wordnet, to_jsonl
 
 
 def follow(client: httpx.Client, job_id: str, name: str) -> dict[str, Any]:
@@ -58,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         resp = client.post("/v1/streams", json=config)
         resp.raise_for_status()
         for task in tasks:
-            files = {"file": ("train.jsonl", jsonl(task.train)), "eval_file": ("eval.jsonl", jsonl(task.test))}
+            files = {"file": ("train.jsonl", to_jsonl(task.train)), "eval_file": ("eval.jsonl", to_jsonl(task.test))}
             sub = client.post(f"/v1/streams/{args.stream}/tasks", files=files, data={"name": task.name})
             sub.raise_for_status()
             job = follow(client, sub.json()["job"]["id"], task.name)

@@ -94,6 +94,11 @@ def parse_records(
     return out
 
 
+def to_jsonl(records: list[Example]) -> bytes:
+    """The inverse of `parse_records`: one {"prompt", "completion"} object per line."""
+    return "".join(json.dumps({"prompt": e.prompt, "completion": e.completion}) + "\n" for e in records).encode()
+
+
 def read_records(path: str | Path, max_chars: int | None = MAX_FIELD_CHARS) -> list[Example]:
     return parse_records(Path(path).read_bytes(), max_chars=max_chars)
 

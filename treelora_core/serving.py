@@ -142,8 +142,8 @@ class Server:
             for k, (a, _) in zip(keys, fs, strict=True):
                 cols[k] = (start, start + a.shape[0])
                 start += a.shape[0]
-            a_all = torch.cat([a for a, _ in fs]).to(self.device)
-            b_all = torch.cat([b for _, b in fs], dim=1).to(self.device)
+            a_all = torch.cat([a for a, _ in fs])  # the pool keeps factors on the model's device
+            b_all = torch.cat([b for _, b in fs], dim=1)
             mask = None
             if any(n != names[0] for n in names) or len(names[0]) != len(keys):
                 mask = torch.zeros(len(paths), 1, start, device=self.device)

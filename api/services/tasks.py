@@ -3,13 +3,12 @@ the task and its training job in one transaction. A rejected upload stores nothi
 
 from __future__ import annotations
 
-import json
 import logging
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from treelora_core.data import METRICS, Example, parse_records
+from treelora_core.data import METRICS, Example, parse_records, to_jsonl
 from treelora_core.errors import DataError
 
 from ..errors import Conflict, Invalid, NotFound
@@ -28,10 +27,6 @@ def _parse(data: bytes, settings: Settings, param: str) -> list[Example]:
         return parse_records(data, max_records=settings.max_records, max_chars=settings.max_field_chars)
     except DataError as exc:
         raise Invalid(str(exc), code="invalid_dataset", param=param, line=exc.line) from None
-
-
-def encode_records(records: list[Example]) -> bytes:
-    return "".join(json.dumps({"prompt": e.prompt, "completion": e.completion}) + "\n" for e in records).encode()
 
 
 def split_holdout(records: list[Example], settings: Settings) -> tuple[list[Example], list[Example]]:
@@ -67,7 +62,7 @@ def submit_task(
         records, evals = split_holdout(records, settings)
         source = "holdout"
     # blobs first: a row never points at a missing object
-    train_blob, eval_blob = encode_records(records), encode_records(evals)
+    train_blob, eval_blob = to_jsonl(records), to_jsonl(evals)
     task = Task(
         id=new_id("tsk"),
         stream_id=stream.id,

@@ -21,7 +21,7 @@ from api.migrate import upgrade
 from api.models import Base
 from api.settings import Settings
 from api.storage import make_store
-from treelora_core.data import load_wordnet
+from treelora_core.data import load_wordnet, to_jsonl
 
 
 def need(var: str) -> str:
@@ -125,11 +125,9 @@ def wordnet_tasks() -> list[Any]:
 
 
 def task_files(task: Any) -> dict[str, tuple[str, bytes, str]]:
-    rows = [{"prompt": e.prompt, "completion": e.completion} for e in task.train]
-    evals = [{"prompt": e.prompt, "completion": e.completion} for e in task.test]
     return {
-        "file": ("train.jsonl", jsonl(rows), "application/jsonl"),
-        "eval_file": ("eval.jsonl", jsonl(evals), "application/jsonl"),
+        "file": ("train.jsonl", to_jsonl(task.train), "application/jsonl"),
+        "eval_file": ("eval.jsonl", to_jsonl(task.test), "application/jsonl"),
     }
 
 
