@@ -3,8 +3,6 @@ worker process can write the same file; PostgreSQL needs nothing special."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -35,17 +33,3 @@ def _factory(url: str) -> sessionmaker[Session]:
 
 def session_factory(url: str) -> sessionmaker[Session]:
     return _factory(url)
-
-
-@contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any error."""
-    session = _factory(url)()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

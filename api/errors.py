@@ -18,13 +18,15 @@ class ServiceError(Exception):
         self.code = code or self.code
         self.param, self.line = param, line
 
-    def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.param is not None:
-            err["param"] = self.param
-        if self.line is not None:
-            err["line"] = self.line
-        return {"error": err}
+
+def error_body(code: str, message: str, *, param: str | None = None, line: int | None = None) -> dict[str, Any]:
+    """The one error shape on the wire; `param` and `line` appear only when known."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if param is not None:
+        err["param"] = param
+    if line is not None:
+        err["line"] = line
+    return {"error": err}
 
 
 class Invalid(ServiceError):
@@ -41,7 +43,3 @@ class Conflict(ServiceError):
 
 class TooLarge(ServiceError):
     status, code = 413, "too_large"
-
-
-class Unavailable(ServiceError):
-    status, code = 503, "unavailable"

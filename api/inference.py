@@ -1,8 +1,7 @@
-"""Where the API meets the engine: batched predictions and scoring (`api.serving`), and a task's
-path exported as a PEFT adapter archive.
-
-Also the base-model loader the worker shares: one frozen copy per process and model name. The
-serving side wraps one more copy per model with adapter slots; training and export wrap their own.
+"""Where the HTTP API meets the engine: batched predictions and scoring (`api.serving`), and a
+task's path exported as a PEFT adapter archive. Learners and base models come from `api.learners`,
+which the worker shares; the serving side wraps one more copy of each base model, with adapter
+slots, per set of target modules.
 """
 
 from __future__ import annotations
@@ -17,45 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from treelora_core import persist
-from treelora_core.config import config_from_dict
 from treelora_core.export import export_peft
 from treelora_core.learner import ContinualLearner
-from treelora_core.models import load_base
 from treelora_core.serving import AdapterPool, GenParams, Server
 
 from .errors import Conflict, Invalid
+from .learners import base_model, load_learner
 from .models import Stream, TreeVersion
 from .serving import Batcher, Request, ServedCache, check_inputs
-from .settings import Settings
+from .settings import Routing, Settings
 from .storage import BlobStore
-
-_BASES: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
-_BASES_LOCK = threading.Lock()
-
-
-def device_for(settings: Settings) -> str:
-    if settings.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return settings.device
-
-
-def base_model(settings: Settings, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    with _BASES_LOCK:
-        if name not in _BASES:
-            _BASES[name] = load_base(settings.model_choices().get(name), device=device_for(settings))
-        return _BASES[name]
-
-
-def load_learner(settings: Settings, store: BlobStore, stream: Stream, version: TreeVersion | None) -> ContinualLearner:
-    model, tok = base_model(settings, stream.base_model)
-    model = copy.deepcopy(model)
-    if version is None:
-        return ContinualLearner(model, tok, config_from_dict(stream.config))
-    return persist.from_parts(version.manifest, store.get, model, tok)
 
 
 class Inference:
@@ -63,7 +34,7 @@ class Inference:
         self.settings, self.store = settings, store
         self.servers: dict[tuple[str, tuple[str, ...]], Server] = {}
         self._servers_lock = threading.Lock()
-        self.served = ServedCache(settings, store, lambda name: base_model(settings, name)[1])
+        self.served = ServedCache(settings, store)
         self.batcher = Batcher(settings, store, self.server)
         self._export_lock = threading.Lock()
         self._learners: OrderedDict[tuple[str, int], ContinualLearner] = OrderedDict()
@@ -112,7 +83,7 @@ class Inference:
         inputs: list[str],
         choices: list[str],
         min_confidence: float | None = None,
-        routing: str | None = None,
+        routing: Routing | None = None,
     ) -> dict[str, Any]:
         s = self.settings
         conf = s.route_min_confidence if min_confidence is None else min_confidence
@@ -123,7 +94,9 @@ class Inference:
         """The task's path flattened to a PEFT LoRA adapter, as a .tar.gz of its folder."""
         with self._export_lock, tempfile.TemporaryDirectory() as tmp:
             key = (stream.id, tv.version)
-            learner = self._learners.pop(key, None) or load_learner(self.settings, self.store, stream, tv)
+            learner = self._learners.pop(key, None) or load_learner(
+                settings=self.settings, store=self.store, stream=stream, version=tv
+            )
             self._learners[key] = learner  # most recent last
             while len(self._learners) > self.settings.learner_cache:
                 self._learners.popitem(last=False)

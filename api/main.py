@@ -6,14 +6,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import ServiceError
+from .errors import ServiceError, error_body
 from .inference import Inference, widen_threadpool
 from .routes import health, jobs, streams, trees
 from .settings import Settings, get_settings
@@ -23,11 +22,8 @@ log = logging.getLogger(__name__)
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
 
 
-def _error(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
-    err: dict[str, Any] = {"code": code, "message": message}
-    if param:
-        err["param"] = param
-    return JSONResponse({"error": err}, status_code=status)
+def _error(status: int, code: str, message: str, param: str | None = None, line: int | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, param=param, line=line), status_code=status)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _error(exc.status, exc.code, exc.message, exc.param, exc.line)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,8 +13,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATES = ("queued", "running", "evaluating", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
+from .enums import JobState, TaskState
 
 
 def new_id(prefix: str) -> str:
@@ -59,7 +58,7 @@ class Task(Base):
     stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     metric: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, learned, failed
+    status: Mapped[str] = mapped_column(String(16), default=TaskState.PENDING)  # a TaskState
     position: Mapped[int | None] = mapped_column(Integer)  # order in which the stream learned it
     train_sha256: Mapped[str] = mapped_column(String(64))
     eval_sha256: Mapped[str] = mapped_column(String(64))
@@ -75,7 +74,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), index=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)  # a JobState
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # step, total, phase, eta_s, ...
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

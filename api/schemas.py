@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .settings import Routing
 
 T = TypeVar("T")
 
@@ -13,17 +15,6 @@ T = TypeVar("T")
 class Page(BaseModel, Generic[T]):
     data: list[T]
     has_more: bool
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    param: str | None = None
-    line: int | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 class StreamCreate(BaseModel):
@@ -122,9 +113,6 @@ class AdapterOut(BaseModel):
     created_at: datetime
 
 
-Routing = Literal["flat", "tree"]
-
-
 class PredictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: list[str] = Field(min_length=1, description="prompts")
@@ -180,8 +168,3 @@ class ScoreResult(BaseModel):
 class ScoreOut(BaseModel):
     tree_version: int
     results: list[ScoreResult]
-
-
-class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
-    checks: dict[str, str] = {}

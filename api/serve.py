@@ -20,13 +20,13 @@ from .settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> None:
+    settings = get_settings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default=os.environ.get("TREELORA_HOST", "127.0.0.1"))
-    ap.add_argument("--port", type=int, default=int(os.environ.get("TREELORA_PORT", "8000")))
+    ap.add_argument("--host", default=settings.host, help="default: TREELORA_HOST or 127.0.0.1")
+    ap.add_argument("--port", type=int, default=settings.port, help="default: TREELORA_PORT or 8000")
     ap.add_argument("--no-worker", action="store_true", help="serve the API only (workers run elsewhere)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     if settings.default_model in settings.model_choices() and settings.model_choices()[settings.default_model] is None:

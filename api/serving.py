@@ -18,19 +18,18 @@ from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
 import safetensors.torch as st
-import torch
-from sqlalchemy import select
 
 from treelora_core.config import config_from_dict
 from treelora_core.models import Formatter
 from treelora_core.router import PrototypeRouter
-from treelora_core.serving import Factors, GenParams, RowPath, Server, factors_from_state
+from treelora_core.serving import Factors, GenParams, Server, factors_from_state
 from treelora_core.strategies import needs_task_id
+from treelora_core.types import Path
 
-from .db import session_factory
-from .errors import Conflict, Invalid
+from .errors import Invalid
+from .learners import base_model, latest_version, load_router
 from .models import Stream, TreeVersion
-from .settings import Settings
+from .settings import Routing, Settings
 from .storage import BlobStore
 
 
@@ -43,7 +42,7 @@ class Served:
     base_model: str
     targets: tuple[str, ...]
     fmt: Formatter
-    paths: dict[str, RowPath]  # task -> block -> adapter sha256s
+    paths: dict[str, Path]  # task -> block -> adapter sha256s
     segments: dict[str, list[dict[str, Any]]]  # task -> path as block ranges of node names
     router: PrototypeRouter
     tree: dict[str, Any]
@@ -97,7 +96,7 @@ class Request:
     params: GenParams | None = None  # generation; None: scoring
     choices: list[str] = field(default_factory=list)
     min_confidence: float = 0.5
-    routing: str = "flat"
+    routing: Routing = "flat"
     future: Future[list[dict[str, Any]]] = field(default_factory=Future)
 
 
@@ -178,14 +177,8 @@ class Batcher:
                 out.append([(name, None)] * len(r.prompts))
                 continue
             assert emb is not None
-            router = r.served.router
-            scores = router.scores(emb[k : k + len(r.prompts)])
-            probs = torch.softmax(scores / router.temperature, dim=1)
-            picks = [
-                router.descend(row, r.served.tree["nodes"]) if r.routing == "tree" else int(row.argmax())
-                for row in scores
-            ]
-            out.append([(router.names[i], float(probs[row, i])) for row, i in enumerate(picks)])
+            router, rows = r.served.router, emb[k : k + len(r.prompts)]
+            out.append(list(router.route(rows, r.served.tree["nodes"] if r.routing == "tree" else None)))
             k += len(r.prompts)
         return out
 
@@ -229,8 +222,8 @@ class ServedCache:
     """Committed versions made servable, a few per stream (they are small: no tensors but the
     router's prototypes); adapters themselves live in the servers' pools."""
 
-    def __init__(self, settings: Settings, store: BlobStore, tokenizer: Any, size: int = 64) -> None:
-        self.settings, self.store, self.tokenizer, self.size = settings, store, tokenizer, size
+    def __init__(self, settings: Settings, store: BlobStore, size: int = 64) -> None:
+        self.settings, self.store, self.size = settings, store, size
         self._items: OrderedDict[tuple[str, int], Served] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -241,15 +234,7 @@ class ServedCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        with session_factory(self.settings.db_url)() as session:
-            tv = session.scalar(
-                select(TreeVersion).where(
-                    TreeVersion.stream_id == stream.id, TreeVersion.version == stream.tree_version
-                )
-            )
-        if tv is None:
-            raise Conflict(f"stream {stream.name!r} has no version {stream.tree_version}", code="not_ready")
-        served = self._build(stream, tv)
+        served = self._build(stream, latest_version(settings=self.settings, stream=stream))
         with self._lock:
             self._items[key] = served
             while len(self._items) > self.size:
@@ -258,18 +243,13 @@ class ServedCache:
 
     def _build(self, stream: Stream, tv: TreeVersion) -> Served:
         cfg = config_from_dict(stream.config)
-        manifest = tv.manifest
-        extras = st.load(self.store.get(manifest["extras"]))
-        router = PrototypeRouter()
-        router.load(manifest["router"], {k[7:]: v for k, v in extras.items() if k.startswith("router/")})
-        paths: dict[str, RowPath] = {}
+        adapters = tv.manifest["adapters"]  # node name -> blob sha256, the pool's key
+        paths: dict[str, Path] = {}
         for task, segs in tv.paths.items():
             paths[task] = {
-                b: tuple(manifest["adapters"][n] for n in seg["adapters"])
-                for seg in segs
-                for b in range(seg["lo"], seg["hi"])
+                b: tuple(adapters[n] for n in seg["adapters"]) for seg in segs for b in range(seg["lo"], seg["hi"])
             }
-        tok = self.tokenizer(stream.base_model)
+        _, tok = base_model(self.settings, stream.base_model)
         return Served(
             stream_id=stream.id,
             version=tv.version,
@@ -278,7 +258,7 @@ class ServedCache:
             fmt=Formatter(tok, chat_template=cfg.chat_template, max_length=cfg.train.max_length),
             paths=paths,
             segments=dict(tv.paths),
-            router=router,
+            router=load_router(store=self.store, manifest=tv.manifest),
             tree=tv.tree,
             scaling=cfg.lora.scaling,
             needs_task_id=needs_task_id(cfg.strategy),

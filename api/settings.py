@@ -8,18 +8,26 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Choices are checked when the settings are read, so a typo fails at start-up, not mid-request.
+Store = Literal["local", "s3"]  # a folder, or S3 (or any S3-compatible server)
+Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+Routing = Literal["flat", "tree"]  # task="auto": nearest prototype, or descend the tree
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TREELORA_", extra="ignore")
 
+    host: str = "127.0.0.1"  # where `python -m api.serve` listens
+    port: int = Field(default=8000, gt=0, lt=65536)
     data_dir: Path = Path("var")  # embedded mode: database, blobs and broker folders live here
     database_url: str = ""  # default: sqlite under data_dir
     broker_url: str = ""  # default: kombu's filesystem transport under data_dir; e.g. redis://host:6379/0
-    store: str = "local"  # "local" (a folder) or "s3"
+    store: Store = "local"
     store_dir: Path | None = None  # local store folder (default data_dir/objects)
     s3_endpoint: str | None = None  # e.g. http://minio:9000; None = AWS
     s3_bucket: str = "treelora"
@@ -28,7 +36,7 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_prefix: str = ""  # key prefix inside the bucket
 
-    device: str = "auto"  # where workers train and the API predicts: auto, cpu, cuda
+    device: Device = "auto"  # where workers train and the API predicts
     models: str = ""  # extra base models a stream may name: "name=/path/or/hf-id,other=..."
     default_model: str = "smollm2-135m-instruct"
 
@@ -49,7 +57,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=32, gt=0)  # rows (inputs) per batch at most
     adapter_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # node adapters kept in memory
     route_min_confidence: float = Field(default=0.5, ge=0, le=1)  # below it, auto routing says so
-    routing: str = "flat"  # task="auto": "flat" (nearest prototype) or "tree" (descend the tree)
+    routing: Routing = "flat"  # for task="auto" when a request does not choose
 
     @property
     def db_url(self) -> str:

@@ -146,10 +146,8 @@ class S3Store:
 
 
 def make_store(settings: Settings) -> BlobStore:
-    if settings.store == "s3":
-        store = S3Store(settings)
-        store.ensure_bucket()
-        return store
     if settings.store == "local":
         return LocalStore(settings.objects_dir)
-    raise ValueError(f"TREELORA_STORE must be local or s3, got {settings.store!r}")
+    store = S3Store(settings)  # `Settings.store` admits only the two
+    store.ensure_bucket()
+    return store

@@ -6,27 +6,45 @@ import json
 
 import pytest
 
-from treelora_core import bench, bench_report
+from benchmarks import continual, report
 
 pytestmark = pytest.mark.slow
 
-KEYS = {"op", "bwt_gem", "forgetting", "seconds_per_task", "trainable_params", "stored_bytes", "routing_accuracy"}
+KEYS = {
+    "op",
+    "bwt_gem",
+    "forgetting",
+    "seconds_per_task",
+    "trainable_params",
+    "stored_bytes",
+    "routing_accuracy",
+    "op_ci",
+    "forgetting_ci",
+    "seconds_ci",
+}
 
 
 def test_smoke_benchmark_writes_the_documented_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    bench.main(
-        ["--stream", "wordnet", "--profile", "smoke", "--methods", "treelora", "seq_lora", "--out", str(tmp_path)]
-    )
-    summary = json.loads((tmp_path / "continual.json").read_text())
-    assert set(summary) == {"stream", "profile", "model", "epochs", "methods"}
+    common = ["--stream", "wordnet", "--profile", "smoke", "--out", str(tmp_path)]
+    continual.main(["run", *common, "--seeds", "0", "--methods", "treelora", "seq_lora"])
+    cell = tmp_path / "cells" / "wordnet-smoke" / "seed0" / "treelora.json"
+    first = cell.stat().st_mtime_ns
+    continual.main(["run", *common, "--seeds", "0", "--methods", "treelora", "seq_lora"])  # resumes: nothing to do
+    assert cell.stat().st_mtime_ns == first
+    continual.main(["aggregate", *common])
+    summary = json.loads((tmp_path / "continual-smoke.json").read_text())
+    assert set(summary) == {"stream", "profile", "model", "epochs", "seeds", "methods"}
+    assert summary["seeds"] == [0]
     assert set(summary["methods"]) == {"treelora", "treelora@task_id", "seq_lora"}
     for name, m in summary["methods"].items():
         assert set(m) == KEYS
         assert 0 <= m["op"] <= 100 and m["seconds_per_task"] > 0
+        assert m["op_ci"][0] <= m["op"] <= m["op_ci"][1]
         assert (m["routing_accuracy"] is None) == (name != "treelora")
-    details = json.loads((tmp_path / "continual.details.json").read_text())
-    assert len(details["runs"]["treelora"]["R"]) == 2
-    assert (tmp_path / "continual.png").stat().st_size > 1000
+    details = json.loads((tmp_path / "continual-smoke.details.json").read_text())
+    assert len(details["runs"]["treelora"]["0"]["R"]) == 2
+    assert details["pairs"]["treelora vs seq_lora"]["verdict"] in ("beats", "tie", "loses")
+    assert (tmp_path / "continual-smoke.png").stat().st_size > 1000
     doc = tmp_path / "benchmarks.md"
-    bench_report.main(["--folder", str(tmp_path), "--out", str(doc)])
+    report.main(["--folder", str(tmp_path), "--out", str(doc), "--suffix=-smoke"])
     assert "| treelora |" in doc.read_text()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from treelora_core.bench_routing import tree_nodes
+from treelora_core.adapter_tree import AdapterTree
 from treelora_core.router import PrototypeRouter
 
 PLACEMENTS = [
@@ -16,6 +17,25 @@ PLACEMENTS = [
     {"relative": "a", "branch_at": 0},
     {"relative": "c", "branch_at": 3},
 ]
+
+
+def tree_nodes(placements: list[dict[str, Any]], names: list[str], n_blocks: int) -> list[dict[str, Any]]:
+    """Replay placements into an AdapterTree; its nodes as `views.tree_view` lists them."""
+    tree = AdapterTree(0, n_blocks)
+    for name, p in zip(names, placements, strict=True):
+        b = p.get("branch_at", 0)
+        tree.insert(name, relative=p.get("relative") if b > 0 else None, branch_at=b)
+    return [
+        {
+            "id": n.id,
+            "parent": None if n.parent == "root" else n.parent,
+            "children": n.children,
+            "task": n.task,
+            "members": tree.members(n.id),
+        }
+        for n in tree.nodes.values()
+        if n.parent is not None
+    ]
 
 
 def test_replayed_tree_and_descent() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import StateError
+
 ROOT = "root"
 
 
@@ -37,7 +39,7 @@ class Split:
 class AdapterTree:
     def __init__(self, start: int, end: int) -> None:
         if not 0 <= start < end:
-            raise ValueError("need 0 <= start < end")
+            raise StateError("need 0 <= start < end")
         self.start, self.end = start, end
         self.nodes: dict[str, Node] = {ROOT: Node(ROOT, start, start, None)}
         self.leaves: dict[str, str] = {}  # task -> leaf node id
@@ -72,10 +74,10 @@ class AdapterTree:
     def insert(self, task: str, *, relative: str | None = None, branch_at: int | None = None) -> Split:
         """Give `task` a leaf covering [b, end) that follows `relative`'s path on [start, b)."""
         if task in self.leaves:
-            raise ValueError(f"task {task!r} is already in the tree")
+            raise StateError(f"task {task!r} is already in the tree")
         b = self.start if relative is None or branch_at is None else branch_at
         if not self.start <= b < self.end:
-            raise ValueError(f"branch block {b} outside [{self.start}, {self.end})")
+            raise StateError(f"branch block {b} outside [{self.start}, {self.end})")
         parent, moved = ROOT, None
         if b > self.start:
             assert relative is not None

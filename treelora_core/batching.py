@@ -112,6 +112,20 @@ def hidden_after(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, 
     return seen[0]
 
 
+@torch.no_grad()
+def mean_pooled(
+    model: PreTrainedModel, prompts: list[list[int]], pad_id: int, device: torch.device | str
+) -> torch.Tensor:
+    """Routing embeddings: the mean-pooled hidden state after the first quarter of the blocks,
+    per prompt: (N, C) on the CPU. Measured on the WordNet stream, early blocks route as well as
+    the last one (99% nearest-prototype accuracy) at a quarter of the cost. The caller decides
+    which adapters are active (routing uses none: the frozen model)."""
+    ids, mask = left_pad(prompts, pad_id, device)
+    h = hidden_after(model, ids, mask, max(1, len(blocks(model)) // 4))
+    m = mask.unsqueeze(-1).float()
+    return ((h * m).sum(1) / m.sum(1)).cpu()
+
+
 class PrefixCache:
     """Hidden states entering block `start`, per example, recorded by the first pass over it.
 

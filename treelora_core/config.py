@@ -6,31 +6,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
-
-STRATEGIES = ("treelora", "treelora_paper", "seq_lora", "o_lora", "per_task_lora", "ewc")
-
-
-@dataclass
-class LoraConfig:
-    r: int = 8  # rank of every adapter (paper, LLM setting)
-    alpha: float = 32.0  # scaling = alpha / r, as in PEFT and the paper
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # linear layers that get adapters
-    dropout: float = 0.0  # kept at 0 so composed and exported outputs match exactly
-
-    def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise ConfigError(f"LoRA rank must be positive, got {self.r}", param="r")
-        if self.alpha <= 0:
-            raise ConfigError(f"LoRA alpha must be positive, got {self.alpha}", param="alpha")
-        if not self.target_modules:
-            raise ConfigError("target_modules must name at least one module", param="target_modules")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("dropout must be in [0, 1)", param="dropout")
-        self.target_modules = tuple(self.target_modules)
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
+from .lora import LoraConfig
+from .strategies import REGISTRY, STRATEGIES
+from .strategies.ewc import EWCOptions
+from .strategies.o_lora import OLoRAOptions
+from .strategies.per_task_lora import LoraTopOptions
+from .strategies.treelora import TreeConfig
+from .strategies.treelora_paper import PaperConfig
 
 
 @dataclass
@@ -56,63 +38,31 @@ class TrainConfig:
 
 
 @dataclass
-class TreeConfig:
-    """How `treelora` places a new task in its tree of layer-wise adapters."""
-
-    share_threshold: float = 0.5  # min probe-gradient cosine with the relative to share a block
-    min_own_blocks: int = 10  # every task trains at least its last this many blocks itself
-    max_pulls: int = 4  # probe minibatches per task at most (LCB stops earlier on clear calls)
-    probe_batch: int = 8  # examples per probe minibatch (one "pull")
-    projection_dim: int = 256  # signatures are stored as fp16 random projections of this size
-    deep_weight: float = 2.0  # weight of the deepest block relative to the first in similarity
-    warm_start: bool = True  # initialise a new branch from its closest relative's adapters
-    cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
-    probe_seed: int = 1234  # seed of the shared probe A (same for every task, so comparable)
-
-    def __post_init__(self) -> None:
-        if not -1.0 <= self.share_threshold <= 1.0:
-            raise ConfigError("share_threshold must be a cosine in [-1, 1]", param="share_threshold")
-        if self.min_own_blocks < 1:
-            raise ConfigError("min_own_blocks must be >= 1", param="min_own_blocks")
-        if self.max_pulls < 1 or self.probe_batch < 1:
-            raise ConfigError("max_pulls and probe_batch must be >= 1", param="max_pulls")
-
-
-@dataclass
-class PaperConfig:
-    """`treelora_paper`: the paper's algorithm (shared LoRA + K-D tree + LCB + sparse updates)."""
-
-    reg_lambda: float = 0.5  # weight of the L1 gradient-difference penalty (paper: 0.5 for LLMs)
-    sparsity: float = 0.5  # fraction of gradient entries kept by the sparse operator S (top-k)
-    search: str = "lcb"  # "lcb" (paper), "random" (ablation) or "none" (no penalty, ablation)
-    lcb_c: float = 2.0  # exploration constant of Eq. 2
-    signature_batches: int = 4  # minibatches averaged into a finished task's gradient signature
-
-    def __post_init__(self) -> None:
-        if self.search not in ("lcb", "random", "none"):
-            raise ConfigError("search must be lcb, random or none", param="search")
-        if not 0.0 < self.sparsity <= 1.0:
-            raise ConfigError("sparsity must be in (0, 1]", param="sparsity")
-
-
-@dataclass
 class StreamConfig:
     """Everything that defines a continual-learning run except the data."""
 
     strategy: str = "treelora"
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    chat_template: bool = False  # format prompts with the tokenizer's chat template
+    # each method's own knobs, in the section its class names (`Strategy.section`)
     tree: TreeConfig = field(default_factory=TreeConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
-    chat_template: bool = False  # format prompts with the tokenizer's chat template
-    ewc_lambda: float = 100.0  # EWC penalty weight (diagonal Fisher on the LoRA params)
-    olora_lambda: float = 0.5  # O-LoRA orthogonality weight lambda1
+    ewc: EWCOptions = field(default_factory=EWCOptions)
+    o_lora: OLoRAOptions = field(default_factory=OLoRAOptions)
+    lora_top: LoraTopOptions = field(default_factory=LoraTopOptions)
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        if self.strategy not in REGISTRY:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}", param="strategy"
             )
+
+
+def strategy_options(cfg: StreamConfig) -> Any:
+    """The chosen strategy's own knobs (its section of the config), or None if it has none."""
+    section = REGISTRY[cfg.strategy].section
+    return None if section is None else getattr(cfg, section)
 
 
 def _build(cls: type, d: Any, section: str) -> Any:
@@ -151,9 +101,10 @@ def config_from_dict(d: dict[str, Any]) -> StreamConfig:
     sections = {
         "lora": _build(LoraConfig, lora, "lora"),
         "train": _build(TrainConfig, d.pop("train", None) or {}, "train"),
-        "tree": _build(TreeConfig, d.pop("tree", None) or {}, "tree"),
-        "paper": _build(PaperConfig, d.pop("paper", None) or {}, "paper"),
     }
+    for cls in REGISTRY.values():
+        if cls.section is not None and cls.section not in sections:
+            sections[cls.section] = _build(cls.Options, d.pop(cls.section, None) or {}, cls.section)
     top = _build(StreamConfig, d, "config")
     for name, value in sections.items():
         setattr(top, name, value)

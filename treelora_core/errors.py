@@ -26,3 +26,12 @@ class DataError(TreeLoRAError, ValueError):
 
 class UnknownTaskError(TreeLoRAError, KeyError):
     """A task name that the learner has not seen."""
+
+
+class StateError(TreeLoRAError, ValueError):
+    """An operation the object's current state does not allow (a task learned twice, an empty
+    tree, a model that already carries adapters, a saved learner of another format)."""
+
+
+class Cancelled(TreeLoRAError):
+    """Training stopped because the caller's `should_stop` said so (not a failure)."""

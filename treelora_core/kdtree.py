@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import StateError
+
 Signature = list[torch.Tensor]  # one tensor per layer
 BALANCE = 0.75  # a subtree is rebuilt when one child holds more than this share of its tasks
 LayerDist = Callable[[Signature], float]  # distance from the query to a signature
@@ -83,7 +85,7 @@ class GradientKDTree:
     def insert(self, sig: Signature) -> int:
         """Depth-first insertion of a new task; returns its index."""
         if len(sig) != self.n_layers:
-            raise ValueError(f"signature has {len(sig)} layers, tree has {self.n_layers}")
+            raise StateError(f"signature has {len(sig)} layers, tree has {self.n_layers}")
         idx = len(self.signatures)
         self.signatures.append(sig)
         if self.root is None:
@@ -162,7 +164,7 @@ class LCBSearch:
     def pull(self, dist: LayerDist) -> int:
         """One best-first descent for this step's query; returns the best task seen so far."""
         if self.tree.root is None:
-            raise ValueError("empty tree")
+            raise StateError("empty tree")
         self.t += 1
         start = self.comparisons
         frontier = [(self._lcb(self.tree.root, dist)[0], 0, self.tree.root)]

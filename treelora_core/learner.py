@@ -6,24 +6,31 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import PrefixCache, collate, hidden_after, left_pad, model_loss
-from .config import StreamConfig
+from .batching import PrefixCache, collate, left_pad, mean_pooled, model_loss
+from .config import StreamConfig, strategy_options
 from .data import Example, Task
-from .errors import UnknownTaskError
+from .errors import Cancelled, StateError, UnknownTaskError
 from .lora import LoRABank, plans_for_rows
-from .metrics import score
+from .metrics import example_scores
 from .models import Encoded, Formatter, load_base
 from .router import PrototypeRouter
-from .strategies import check_strategy, make_strategy
-from .strategies.base import Path, TrainSetup
+from .strategies import make_strategy, strategy_class
+from .types import Path
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+def twice_differentiable(enabled: bool) -> AbstractContextManager[None]:
+    """Attention through the math kernel, whose backward can itself be differentiated."""
+    return sdpa_kernel(SDPBackend.MATH) if enabled else nullcontext()
 
 
 @dataclass
@@ -48,14 +55,16 @@ class Prediction:
 
 
 class ContinualLearner:
+    """Also the `strategies.base.Context` its strategy sees: bank, device, seed, loss, minibatches."""
+
     def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: StreamConfig | None = None) -> None:
         self.model, self.tok = model, tok
         self.cfg = cfg or StreamConfig()
-        check_strategy(self.cfg.strategy)  # before the model is touched
+        strategy_class(self.cfg.strategy)  # an unknown name fails before the model is touched
         self.device = next(model.parameters()).device  # adapters and batches live beside the base
         self.bank = LoRABank(model, self.cfg.lora)
         self.fmt = Formatter(tok, chat_template=self.cfg.chat_template, max_length=self.cfg.train.max_length)
-        self.strategy = make_strategy(self.cfg.strategy, self)
+        self.strategy = make_strategy(self.cfg.strategy, self, strategy_options(self.cfg))
         self.router = PrototypeRouter()
         self.task_names: list[str] = []
         self.metrics: dict[str, str] = {}
@@ -64,6 +73,10 @@ class ContinualLearner:
     def from_pretrained(cls, base: str | None = None, cfg: StreamConfig | None = None) -> ContinualLearner:
         model, tok = load_base(base)
         return cls(model, tok, cfg)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.train.seed
 
     # -- batches and losses ---------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[Encoded]:
@@ -84,6 +97,25 @@ class ContinualLearner:
             for i in range(n)
         ]
 
+    def split(self, task: Task, g: torch.Generator | None = None) -> tuple[list[Encoded], list[Encoded]]:
+        """(train, validation) encoded examples of a task's training data: the validation part
+        (`val_examples`, at most a fifth) feeds the early-stopping rule and never trains."""
+        tc = self.cfg.train
+        if g is None:
+            g = torch.Generator().manual_seed(tc.seed + self.task_names.index(task.name))
+        enc = self.encode(task.train)
+        perm = torch.randperm(len(enc), generator=g).tolist()
+        n_val = min(tc.val_examples, len(enc) // 5)
+        return [enc[j] for j in perm[n_val:]], [enc[j] for j in perm[:n_val]]
+
+    def validation_loss(self, task: Task) -> float:
+        """Loss of a learned task's validation split on its own path (the task-agnostic model
+        for methods that have one)."""
+        _, val = self.split(task)
+        name = task.name if self.strategy.needs_task_id else None
+        with self.bank.routed_path(self.path_for(name)):
+            return self._val_loss(val, PrefixCache(self.model, 0, enabled=False))
+
     def _val_loss(self, val: list[Encoded], cache: PrefixCache) -> float:
         if not val:
             return math.nan
@@ -98,15 +130,6 @@ class ContinualLearner:
                 count += n
         return total / max(count, 1)
 
-    def _trainable(self, setup: TrainSetup) -> list[torch.nn.Parameter]:
-        params = self.bank.set_trainable(setup.trainable)
-        if setup.trainable_blocks is None:
-            return params
-        keep = {id(p) for n in setup.trainable for p in self.bank.params(n, setup.trainable_blocks)}
-        for p in params:
-            p.requires_grad_(id(p) in keep)
-        return [p for p in params if id(p) in keep]
-
     # -- training -------------------------------------------------------------------------------
     def learn(
         self, task: Task, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
@@ -115,20 +138,17 @@ class ContinualLearner:
         after each epoch the loss on `val_examples` held-out training examples is measured, and
         training stops once it has not improved by `min_delta` for `patience` epochs."""
         if task.name in self.task_names:
-            raise ValueError(f"task {task.name!r} is already learned")
+            raise StateError(f"task {task.name!r} is already learned")
         tc = self.cfg.train
         t0 = time.perf_counter()
         phases = {"place": 0.0, "train": 0.0, "validate": 0.0, "finish": 0.0}
         g = torch.Generator().manual_seed(tc.seed + len(self.task_names))
-        enc = self.encode(task.train)
-        perm = torch.randperm(len(enc), generator=g).tolist()
-        n_val = min(tc.val_examples, len(enc) // 5)
-        val, train = [enc[j] for j in perm[:n_val]], [enc[j] for j in perm[n_val:]]
+        train, val = self.split(task, g)
         setup = self.strategy.begin_task(task.name, train)
         phases["place"] = time.perf_counter() - t0
-        params = self._trainable(setup)
+        params = self.bank.set_trainable(setup.trainable)
         opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        cache = PrefixCache(self.model, setup.start_block, enabled=self.cfg.tree.cache_prefix)
+        cache = PrefixCache(self.model, setup.start_block, enabled=setup.cache_prefix)
         total = math.ceil(len(train) / tc.batch_size) * tc.epochs
         step, best, bad, val_losses, last = 0, math.inf, 0, [], math.nan
         with self.bank.routed_path(setup.path):
@@ -137,11 +157,12 @@ class ContinualLearner:
                 order = torch.randperm(len(train), generator=g).tolist()
                 for i in range(0, len(order), tc.batch_size):
                     if should_stop is not None and should_stop():
-                        raise InterruptedError("training cancelled")
+                        raise Cancelled("training cancelled")
                     idx = order[i : i + tc.batch_size]
                     items = [train[j] for j in idx]
                     ids, labels = collate(items, self.tok.pad_token_id, self.device)
-                    loss = cache.loss(ids, labels, idx, items)
+                    with twice_differentiable(setup.double_backward):
+                        loss = cache.loss(ids, labels, idx, items)
                     opt.zero_grad(set_to_none=True)
                     self.strategy.penalty(loss).backward()
                     self.strategy.after_backward()
@@ -199,21 +220,20 @@ class ContinualLearner:
             {k: round(v, 2) for k, v in phases.items()},
         )
 
+    def stored_bytes(self) -> int:
+        """Everything kept to serve and continue the stream: the strategy's adapters and extra
+        tensors, plus the router's prototypes where inference needs a route."""
+        router = sum(t.numel() * t.element_size() for t in self.router.state().values())
+        return self.strategy.stored_bytes() + (router if self.strategy.needs_task_id else 0)
+
     # -- inference ------------------------------------------------------------------------------
-    @torch.no_grad()
     def embed(self, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Mean-pooled hidden state of the frozen model after the first quarter of its blocks,
-        per prompt: (N, C). Measured on the WordNet stream, early blocks route as well as the
-        last one (99% nearest-prototype accuracy) at a quarter of the cost."""
+        """Routing embeddings of the frozen model (see `batching.mean_pooled`): (N, C)."""
         out = []
         with self.bank.routed([]):
             for i in range(0, len(prompts), batch_size):
-                ids, mask = left_pad(
-                    [self.fmt.encode_prompt(p) for p in prompts[i : i + batch_size]], self.tok.pad_token_id, self.device
-                )
-                h = hidden_after(self.model, ids, mask, max(1, self.bank.n_blocks // 4))
-                m = mask.unsqueeze(-1).float()
-                out.append(((h * m).sum(1) / m.sum(1)).cpu())
+                enc = [self.fmt.encode_prompt(p) for p in prompts[i : i + batch_size]]
+                out.append(mean_pooled(self.model, enc, self.tok.pad_token_id, self.device))
         return torch.cat(out)
 
     def resolve(self, prompts: list[str], task: str | None) -> list[tuple[str | None, float | None]]:
@@ -264,13 +284,20 @@ class ContinualLearner:
     def evaluate(self, task: Task, mode: str = "task_id", max_new_tokens: int | None = None) -> float:
         """Score on `task.test`: mode 'task_id' (true id), 'auto' (router, or the task-agnostic
         model of a method that needs no id) or 'base' (no adapters: zero-shot)."""
+        scores = self.evaluate_examples(task, mode, max_new_tokens)
+        return sum(scores) / max(len(scores), 1)
+
+    def evaluate_examples(self, task: Task, mode: str = "task_id", max_new_tokens: int | None = None) -> list[float]:
+        """Per-example scores (percent) on `task.test`; see `evaluate`."""
         prompts = [e.prompt for e in task.test]
         if mode == "base":
             paths: list[Path] = [{}] * len(prompts)
         else:
             routes = self.resolve(prompts, task.name if mode == "task_id" else "auto")
             paths = [self.path_for(t) for t, _ in routes]
-        # room for the longest reference answer (plus end token), so short answers decode fast
-        longest = max(len(self.fmt.completion_ids(e.completion)) for e in task.train + task.test)
+        # room for the longest training answer (plus end token), so short answers decode fast; the
+        # test answers are never read before scoring
+        longest = max(len(self.fmt.completion_ids(e.completion)) for e in task.train)
         n = max_new_tokens or min(longest + 1, 64 if task.metric == "rouge_l" else 16)
-        return score(self.generate(prompts, paths, max_new_tokens=n), [e.completion for e in task.test], task.metric)
+        preds = self.generate(prompts, paths, max_new_tokens=n)
+        return example_scores(preds, [e.completion for e in task.test], task.metric)

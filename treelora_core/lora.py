@@ -11,19 +11,52 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LoraConfig
+from .errors import ConfigError, StateError
 from .models import blocks
+from .types import Path
 
 Plan = list[tuple[tuple[str, ...], torch.Tensor | None]]
+# serving: the factors of every adapter a batch uses at one Linear, side by side (A_all (K, in),
+# B_all (out, K), scaling folded in), and a (B, 1, K) 0/1 mask of the columns each row's path uses
+# (None: every row uses all of them)
+Stack = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # rank of every adapter (paper, LLM setting)
+    alpha: float = 32.0  # scaling = alpha / r, as in PEFT and the paper
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # linear layers that get adapters
+    dropout: float = 0.0  # kept at 0 so composed and exported outputs match exactly
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ConfigError(f"LoRA rank must be positive, got {self.r}", param="r")
+        if self.alpha <= 0:
+            raise ConfigError(f"LoRA alpha must be positive, got {self.alpha}", param="alpha")
+        if not self.target_modules:
+            raise ConfigError("target_modules must name at least one module", param="target_modules")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout must be in [0, 1)", param="dropout")
+        self.target_modules = tuple(self.target_modules)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
 
 
 class MultiLoRALinear(nn.Module):
-    """A frozen Linear plus any number of named low-rank updates: y = W x + s * B_n A_n x."""
+    """A frozen Linear plus any number of named low-rank updates: y = W x + s * B_n A_n x.
+
+    Two ways to say which adapters a batch uses, never both at once: a `plan` of named adapters
+    per group of rows (training, evaluation, export checks) or a `stack` of pooled factors
+    (serving, see serving.py). `route()` sets one and clears the other."""
 
     def __init__(self, base: nn.Linear, scaling: float) -> None:
         super().__init__()
@@ -32,10 +65,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_A = nn.ParameterDict()  # name -> (r, in)
         self.lora_B = nn.ParameterDict()  # name -> (out, r)
         self.plan: Plan = []
-        # serving (see serving.py): the factors of every adapter a batch uses at this Linear, side
-        # by side (A_all (K, in), B_all (out, K), scaling folded in), and a (B, 1, K) 0/1 mask of
-        # the columns each row's path uses (None: every row uses all of them)
-        self.stack: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        self.stack: Stack | None = None
 
     def add(self, name: str, r: int, generator: torch.Generator | None = None) -> None:
         """A Kaiming-uniform, B zeros: a new adapter starts as the identity (as in PEFT/litgpt)."""
@@ -54,12 +84,18 @@ class MultiLoRALinear(nn.Module):
         assert out is not None
         return out * self.scaling
 
+    def route(self, *, plan: Plan | None = None, stack: Stack | None = None) -> None:
+        """Use `plan` or `stack` (or neither: the base model) for the following batches."""
+        if plan and stack is not None:
+            raise StateError("a Linear routes by a plan or by a stack, not both")
+        self.plan, self.stack = plan or [], stack
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
         y = self.base(x)
         if self.stack is not None:
             a, b, mask = self.stack
             h = F.linear(x, a)  # (B, T, K): every adapter's rank-r projection, two dense GEMMs in all
-            y = y + F.linear(h if mask is None else h * mask, b)
+            return y + F.linear(h if mask is None else h * mask, b)
         for names, rows in self.plan:
             if not names:
                 continue
@@ -87,9 +123,9 @@ class LoRABank:
                         setattr(parent, t, wrapped)
                         self.modules[(i, t)] = wrapped
                     elif isinstance(child, MultiLoRALinear):
-                        raise ValueError("model already carries a LoRABank")
+                        raise StateError("model already carries a LoRABank")
         if not self.modules:
-            raise ValueError(f"no Linear named {cfg.target_modules} in the model's blocks")
+            raise ConfigError(f"no Linear named {cfg.target_modules} in the model's blocks", param="target_modules")
 
     def targets(self, block_range: range | None = None) -> Iterator[tuple[tuple[int, str], MultiLoRALinear]]:
         for key, mod in self.modules.items():
@@ -154,7 +190,7 @@ class LoRABank:
 
     def set_plan(self, plan_for_block: dict[int, Plan] | Plan) -> None:
         for (b, _), mod in self.modules.items():
-            mod.plan = plan_for_block.get(b, []) if isinstance(plan_for_block, dict) else plan_for_block
+            mod.route(plan=plan_for_block.get(b, []) if isinstance(plan_for_block, dict) else plan_for_block)
 
     @contextmanager
     def routed(self, plan_for_block: dict[int, Plan] | Plan) -> Iterator[None]:
@@ -164,9 +200,13 @@ class LoRABank:
             yield
         finally:
             for k, m in self.modules.items():
-                m.plan = old[k]
+                m.route(plan=old[k])
 
-    def routed_path(self, path: dict[int, tuple[str, ...]]) -> AbstractContextManager[None]:
+    def everywhere(self, names: tuple[str, ...]) -> Path:
+        """The path that sums `names` at every block."""
+        return {b: names for b in range(self.n_blocks)}
+
+    def routed_path(self, path: Path) -> AbstractContextManager[None]:
         """Every row of the batch follows one path (block -> adapter names)."""
         return self.routed({b: [(names, None)] for b, names in path.items()})
 
@@ -174,7 +214,7 @@ class LoRABank:
         return sum(t.numel() * 4 for t in self.state(name).values())
 
 
-def plans_for_rows(paths: list[dict[int, tuple[str, ...]]], n_blocks: int) -> dict[int, Plan]:
+def plans_for_rows(paths: list[Path], n_blocks: int) -> dict[int, Plan]:
     """Per-row paths (block -> adapter names) -> per-block plans that group rows sharing adapters."""
     out: dict[int, Plan] = {}
     for b in range(n_blocks):

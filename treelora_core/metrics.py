@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from .errors import StateError
+
 
 def _norm(s: str) -> str:
     s = s.strip().split("\n")[0].strip().lower()
@@ -48,9 +50,14 @@ def rouge_l(pred: str, ref: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def score(preds: Sequence[str], refs: Sequence[str], metric: str) -> float:
+def example_scores(preds: Sequence[str], refs: Sequence[str], metric: str) -> list[float]:
+    """Per-example scores in percent (0 or 100 for exact match), for intervals over examples."""
     fn = exact_match if metric == "exact_match" else rouge_l
-    return 100.0 * sum(fn(p, r) for p, r in zip(preds, refs, strict=True)) / max(len(refs), 1)
+    return [100.0 * fn(p, r) for p, r in zip(preds, refs, strict=True)]
+
+
+def score(preds: Sequence[str], refs: Sequence[str], metric: str) -> float:
+    return sum(example_scores(preds, refs, metric)) / max(len(refs), 1)
 
 
 def summarize(R: Sequence[Sequence[float | None]], zero_shot: Sequence[float] | None = None) -> dict[str, float | None]:
@@ -61,7 +68,7 @@ def summarize(R: Sequence[Sequence[float | None]], zero_shot: Sequence[float] | 
     def r(t: int, i: int) -> float:
         v = R[t][i]
         if v is None:
-            raise ValueError(f"R[{t}][{i}] is missing: every task must be scored after training it")
+            raise StateError(f"R[{t}][{i}] is missing: every task must be scored after training it")
         return v
 
     op = sum(r(T - 1, i) for i in range(T)) / T

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import config_from_dict
+from .errors import StateError
 from .learner import ContinualLearner
 
 FORMAT = 1
@@ -52,7 +53,7 @@ def _restore(learner: ContinualLearner, meta: dict[str, Any], extras: dict[str, 
 
 def _check_format(meta: dict[str, Any]) -> None:
     if meta.get("format") != FORMAT:
-        raise ValueError(f"unsupported learner format {meta.get('format')!r}")
+        raise StateError(f"unsupported learner format {meta.get('format')!r}")
 
 
 def sha256(data: bytes) -> str:

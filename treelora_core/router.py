@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import StateError
+
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
     """Spherical k-means on rows of x (N, C) -> (k, C) unit centroids."""
@@ -45,12 +47,15 @@ class PrototypeRouter:
         x = F.normalize(embeddings.float(), dim=-1)
         return torch.stack([(x @ p.T).max(1).values for p in self.protos], dim=1)
 
-    def route(self, embeddings: torch.Tensor) -> list[tuple[str, float]]:
+    def route(self, embeddings: torch.Tensor, nodes: list[dict] | None = None) -> list[tuple[str, float]]:
+        """(task, confidence) per input: the best prototype's task, or with a tree view's `nodes`
+        the leaf that `descend` reaches; confidence is that task's softmax share."""
         if not self.names:
-            raise ValueError("the router knows no task yet")
-        probs = torch.softmax(self.scores(embeddings) / self.temperature, dim=1)
-        conf, idx = probs.max(1)
-        return [(self.names[int(i)], float(c)) for i, c in zip(idx, conf, strict=True)]
+            raise StateError("the router knows no task yet")
+        scores = self.scores(embeddings)
+        probs = torch.softmax(scores / self.temperature, dim=1)
+        picks = [self.descend(row, nodes) if nodes is not None else int(row.argmax()) for row in scores]
+        return [(self.names[k], float(probs[row, k])) for row, k in enumerate(picks)]
 
     def descend(self, scores: torch.Tensor, nodes: list[dict]) -> int:
         """Tree routing for one input: from the top level of a tree view (`views.tree_view`

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import hidden_after, left_pad
-from .config import LoraConfig
-from .lora import LoRABank
+from .batching import left_pad, mean_pooled
+from .lora import LoRABank, LoraConfig
+from .types import Path
 
-RowPath = dict[int, tuple[str, ...]]  # block -> adapter keys (content hashes) summed there
 Factors = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  # (block, target) -> (A, s*B)
 
 
@@ -129,12 +128,12 @@ class Server:
         self.device = next(model.parameters()).device
 
     # -- per-row factors ------------------------------------------------------------------------
-    def _set_rows(self, paths: list[RowPath]) -> None:
+    def _set_rows(self, paths: list[Path]) -> None:
         for (block, target), mod in self.bank.modules.items():
             names = [p.get(block, ()) for p in paths]
             keys = list(dict.fromkeys(k for n in names for k in n))  # distinct adapters, first-seen order
             if not keys:
-                mod.stack = None
+                mod.route()
                 continue
             fs = [self.pool.factors(k)[(block, target)] for k in keys]
             cols: dict[str, tuple[int, int]] = {}
@@ -150,14 +149,14 @@ class Server:
                 for row, n in enumerate(names):
                     for k in n:
                         mask[row, 0, cols[k][0] : cols[k][1]] = 1.0
-            mod.stack = (a_all, b_all, mask)
+            mod.route(stack=(a_all, b_all, mask))
 
     def _clear(self) -> None:
         for mod in self.bank.modules.values():
-            mod.stack = None
+            mod.route()
 
     @contextmanager
-    def rows(self, paths: list[RowPath]) -> Iterator[None]:
+    def rows(self, paths: list[Path]) -> Iterator[None]:
         self._set_rows(paths)
         try:
             yield
@@ -166,25 +165,18 @@ class Server:
 
     # -- embeddings (routing), generation, scoring ----------------------------------------------
 
-    @torch.no_grad()
     def embed(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Mean-pooled base-model hidden state after the first quarter of the blocks: (N, C),
-        the space `router.PrototypeRouter` prototypes live in."""
-        ids, mask = left_pad(prompts, self.tok.pad_token_id, self.device)
-        h = hidden_after(self.model, ids, mask, max(1, self.bank.n_blocks // 4))
-        m = mask.unsqueeze(-1).float()
-        return ((h * m).sum(1) / m.sum(1)).cpu()
+        """Routing embeddings of encoded prompts (see `batching.mean_pooled`): (N, C)."""
+        return mean_pooled(self.model, prompts, self.tok.pad_token_id, self.device)
 
     @torch.no_grad()
-    def generate(
-        self, prompts: list[list[int]], paths: list[RowPath], params: list[GenParams]
-    ) -> list[tuple[str, int]]:
+    def generate(self, prompts: list[list[int]], paths: list[Path], params: list[GenParams]) -> list[tuple[str, int]]:
         """(text, generated tokens) per row; each row follows its own path and parameters."""
         with self.rows(paths):
             return decode(self.model, self.tok, prompts, params)
 
     @torch.no_grad()
-    def score(self, prompts: list[list[int]], completions: list[list[int]], paths: list[RowPath]) -> list[float]:
+    def score(self, prompts: list[list[int]], completions: list[list[int]], paths: list[Path]) -> list[float]:
         """Log-likelihood of each row's completion tokens after its prompt, on its path."""
         seqs = [p + c for p, c in zip(prompts, completions, strict=True)]
         ids, mask = left_pad(seqs, self.tok.pad_token_id, self.device)

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from .models import Encoded
 
 if TYPE_CHECKING:
-    from .learner import ContinualLearner
+    from .strategies.base import Context
 
 PROBE = "__probe__"
 
 
 class Prober:
-    def __init__(self, learner: ContinualLearner, *, seed: int, dim: int) -> None:
-        self.learner, self.seed, self.dim = learner, seed, dim
+    def __init__(self, ctx: Context, *, seed: int, dim: int, batch_size: int) -> None:
+        self.ctx, self.seed, self.dim, self.batch_size = ctx, seed, dim, batch_size
         self._proj: dict[int, torch.Tensor] = {}
 
     def _projection(self, width: int) -> torch.Tensor:
@@ -30,18 +30,16 @@ class Prober:
 
     def pulls(self, train: list[Encoded], n: int, first: int = 0) -> torch.Tensor:
         """`n` minibatch signatures (pull index first..first+n) -> (n, blocks, dim) float32."""
-        bank = self.learner.bank
+        bank = self.ctx.bank
         bank.add(PROBE, seed=self.seed)  # same seeded A every time: a shared probe point
         try:
             bank.set_trainable({PROBE})
             per_block = [[p for p in bank.params(PROBE, range(b, b + 1))[1::2]] for b in range(bank.n_blocks)]
             out = []
-            batches = self.learner.minibatches(
-                train, first + n, batch_size=self.learner.cfg.tree.probe_batch, seed=self.seed
-            )[first:]
-            with bank.routed_path(self.learner.strategy.all_blocks((PROBE,))):
+            batches = self.ctx.minibatches(train, first + n, batch_size=self.batch_size, seed=self.seed)[first:]
+            with bank.routed_path(bank.everywhere((PROBE,))):
                 for ids, labels in batches:
-                    grads = torch.autograd.grad(self.learner.loss(ids, labels), [p for ps in per_block for p in ps])
+                    grads = torch.autograd.grad(self.ctx.loss(ids, labels), [p for ps in per_block for p in ps])
                     it = iter(grads)
                     rows = []
                     for ps in per_block:

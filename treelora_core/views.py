@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .signatures import similarity
-
 if TYPE_CHECKING:
     from .learner import ContinualLearner
 
@@ -43,26 +41,10 @@ def _users(learner: ContinualLearner) -> dict[str, list[str]]:
 def tree_view(learner: ContinualLearner) -> dict[str, Any]:
     """Nodes with block ranges and member tasks. `treelora` has a real tree (parents, children,
     the task owning each leaf); other strategies list their adapters as parentless nodes."""
-    tree = getattr(learner.strategy, "tree", None)
-    users = _users(learner) if learner.task_names else {}
-    nodes: list[dict[str, Any]] = []
-    if tree is not None:
-        for n in tree.nodes.values():
-            if n.parent is None:  # the virtual root covers no block
-                continue
-            nodes.append(
-                {
-                    "id": n.id,
-                    "lo": n.lo,
-                    "hi": n.hi,
-                    "parent": None if n.parent == "root" else n.parent,
-                    "children": list(n.children),
-                    "task": n.task,
-                    "created_by": n.created_by,
-                    "members": tree.members(n.id),
-                }
-            )
-    else:
+    nodes = learner.strategy.tree_nodes()
+    if nodes is None:
+        users = _users(learner) if learner.task_names else {}
+        nodes = []
         for name in sorted(learner.bank.names()):
             blocks = learner.bank.blocks_of(name)
             nodes.append(
@@ -81,11 +63,6 @@ def tree_view(learner: ContinualLearner) -> dict[str, Any]:
 
 
 def similarities(learner: ContinualLearner) -> dict[str, dict[str, float]]:
-    """Weighted probe-gradient similarity between every pair of learned tasks (`treelora`);
-    empty for strategies that keep no per-task signature."""
-    sigs = getattr(learner.strategy, "signatures", None)
-    weights = getattr(learner.strategy, "weights", None)
-    if not sigs or weights is None:
-        return {}
-    names = [t for t in learner.task_names if t in sigs]
-    return {a: {b: round(similarity(sigs[a], sigs[b], weights), 4) for b in names if b != a} for a in names}
+    """Similarity between every pair of learned tasks as the strategy measured it (`treelora`:
+    weighted probe-gradient similarity); empty for strategies that keep none."""
+    return learner.strategy.similarities(learner.task_names)

@@ -14,6 +14,7 @@ from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
 from api.db import session_factory
+from api.enums import Outcome
 from api.queue import TRAIN_TASK, enqueue, make_celery
 from api.services import runs
 from api.settings import get_settings
@@ -30,7 +31,7 @@ def train(self: Task, job_id: str) -> str:
     from .runner import run_job  # torch loads in the worker only
 
     outcome = run_job(job_id, settings)
-    if outcome == "wait":  # an earlier job of the same stream is still training
+    if outcome == Outcome.WAIT:  # an earlier job of the same stream is still training
         raise self.retry(countdown=3)
     return outcome
 

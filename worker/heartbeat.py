@@ -7,37 +7,38 @@ import logging
 import threading
 from typing import Any
 
-from api.db import session_factory
+from api.enums import JobState, Phase
 from api.services import runs
-from api.settings import Settings
+
+from .claimed import ClaimedJob
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, settings: Settings, job_id: str, owner: str) -> None:
-        self.settings, self.job_id, self.owner = settings, job_id, owner
+    def __init__(self, job: ClaimedJob) -> None:
+        self.job = job
         self.cancel = False  # the user asked to cancel
         self.lost = False  # another worker took the job over (our lease expired)
         self._progress: dict[str, Any] | None = None
-        self._state: str | None = None
+        self._state: JobState | None = None
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.job_id}", daemon=True)
 
     # -- called from the training thread ------------------------------------------------------
     def progress(self, ev: dict[str, Any]) -> None:
         with self._lock:
             self._progress = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in ev.items()}
-            if ev.get("phase") == "validate":
+            if ev.get("phase") == Phase.VALIDATE:
                 self._events.append(("epoch.validated", dict(self._progress)))
 
     def event(self, type_: str, data: dict[str, Any]) -> None:
         with self._lock:
             self._events.append((type_, data))
 
-    def set_state(self, state: str, progress: dict[str, Any]) -> None:
+    def set_state(self, state: JobState, progress: dict[str, Any]) -> None:
         with self._lock:
             self._state, self._progress = state, progress
         self.flush()
@@ -59,12 +60,12 @@ class Heartbeat:
             progress, state, events = self._progress, self._state, self._events
             self._progress, self._state, self._events = None, None, []
         try:
-            with session_factory(self.settings.db_url)() as session:
+            with self.job.session() as session:
                 ours, cancel = runs.heartbeat(
                     session=session,
-                    job_id=self.job_id,
-                    owner=self.owner,
-                    lease_s=self.settings.lease_s,
+                    job_id=self.job.job_id,
+                    owner=self.job.owner,
+                    lease_s=self.job.settings.lease_s,
                     progress=progress,
                     state=state,
                     events=events,
@@ -72,8 +73,8 @@ class Heartbeat:
             self.cancel = self.cancel or cancel
             self.lost = self.lost or not ours
         except Exception:  # a database blip: keep training, the lease has slack for a few misses
-            log.exception("heartbeat of %s failed", self.job_id)
+            log.exception("heartbeat of %s failed", self.job.job_id)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_s):
+        while not self._stop.wait(self.job.settings.heartbeat_s):
             self.flush()

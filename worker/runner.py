@@ -1,6 +1,9 @@
 """One training job, start to finish: claim it, load the stream's last committed state, learn
 the task, score every task learned so far (one new row of R), write blobs, then commit the tree
-version, adapters and evaluation in one transaction. Any failure leaves the stream as it was."""
+version, adapters and evaluation in one transaction. Any failure leaves the stream as it was.
+
+The database reads and writes are service functions (`api.services.runs`, `.training`); the
+learner comes from `api.learners`, as the API's does."""
 
 from __future__ import annotations
 
@@ -10,32 +13,26 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
 
 import torch
-from sqlalchemy import select
 
 from api.db import session_factory
+from api.enums import JobState, Outcome, Phase
 from api.errors import Conflict
-from api.inference import load_learner
-from api.models import Job, Stream, Task, TreeVersion
-from api.services import runs
+from api.learners import load_learner, load_task
+from api.services import runs, training
+from api.services.training import JobInput, NewAdapter
 from api.settings import Settings
 from api.storage import BlobNotFound, BlobStore, make_store
 from treelora_core import persist, views
-from treelora_core.data import Task as CoreTask
-from treelora_core.data import parse_records
-from treelora_core.errors import ConfigError, DataError
+from treelora_core.data import Task as TaskData
+from treelora_core.errors import Cancelled, ConfigError, DataError
+from treelora_core.learner import ContinualLearner
 
+from .claimed import ClaimedJob
 from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
-
-
-def load_task(store: BlobStore, task: Task) -> CoreTask:
-    train = parse_records(store.get(task.train_sha256), max_chars=None)
-    test = parse_records(store.get(task.eval_sha256), max_chars=None)
-    return CoreTask(task.name, train, test, task.metric)
 
 
 def error_code(exc: BaseException) -> str:
@@ -52,122 +49,93 @@ def error_code(exc: BaseException) -> str:
     return "internal"
 
 
-def run_job(job_id: str, settings: Settings, store: BlobStore | None = None) -> str:
-    """Run a job if it is this worker's to run: 'done', 'wait' (its stream is busy) or 'skip'."""
+def run_job(job_id: str, settings: Settings, store: BlobStore | None = None) -> Outcome:
+    """Run a job if it is this worker's to run: DONE, WAIT (its stream is busy) or SKIP."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    factory = session_factory(settings.db_url)
-    with factory() as session:
+    with session_factory(settings.db_url)() as session:
         claim = runs.claim(session=session, job_id=job_id, owner=owner, lease_s=settings.lease_s)
-    if claim.outcome != "claimed":
+    if claim.outcome != Outcome.CLAIMED:
         return claim.outcome
-    hb = Heartbeat(settings, job_id, owner)
+    job = ClaimedJob(job_id, owner, settings)
+    hb = Heartbeat(job)
     hb.start()
     try:
-        _train(job_id, owner, settings, store or make_store(settings), hb)
-    except InterruptedError:
-        with factory() as session:
+        _train(job, hb, store or make_store(settings))
+    except Cancelled:
+        with job.session() as session:
             runs.cancelled(session=session, job_id=job_id, owner=owner)
     except Conflict as exc:  # lost the lease: the worker that took over publishes the result
         log.warning("job %s: %s", job_id, exc.message)
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        with factory() as session:
+        with job.session() as session:
             runs.fail(session=session, job_id=job_id, owner=owner, code=error_code(exc), message=str(exc) or repr(exc))
     finally:
         hb.stop()
         gc.collect()  # the job's model copy sits in reference cycles: free it before the next job
-    return "done"
+    return Outcome.DONE
 
 
-def _train(job_id: str, owner: str, settings: Settings, store: BlobStore, hb: Heartbeat) -> None:
-    with session_factory(settings.db_url)() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        stream = session.get(Stream, job.stream_id)
-        task = session.get(Task, job.task_id)
-        assert stream is not None and task is not None
-        base_version = stream.tree_version
-        version = session.scalar(
-            select(TreeVersion).where(TreeVersion.stream_id == stream.id, TreeVersion.version == base_version)
-        )
-        old_tasks = list(
-            session.scalars(
-                select(Task).where(Task.stream_id == stream.id, Task.status == "learned").order_by(Task.position)
-            )
-        )
-        prev_adapters = runs.previous_adapters(session=session, stream_id=stream.id, version=base_version)
-        task_jobs = runs.task_jobs(session=session, stream_id=stream.id)
+def _train(job: ClaimedJob, hb: Heartbeat, store: BlobStore) -> None:
+    with job.session() as session:
+        inp = training.job_input(session=session, job_id=job.job_id)
     if hb.should_stop():
-        raise InterruptedError("cancelled before training")
-    learner = load_learner(settings, store, stream, version)
-    new_task = load_task(store, task)
-    report = learner.learn(new_task, progress=hb.progress, should_stop=hb.should_stop)
-    report_json: dict[str, Any] = {
-        "seconds": round(report.seconds, 2),
-        "epochs_run": report.epochs_run,
-        "steps": report.steps,
-        "trainable_params": report.trainable_params,
-        "final_train_loss": round(report.final_train_loss, 4),
-        "val_losses": [round(v, 4) for v in report.val_losses],
-        "placement": report.placement,
-        "phase_seconds": report.phase_seconds,
-    }
-    hb.event("task.learned", report_json)
-
-    # one new row of R: every task learned so far, with its task id
-    all_tasks = [*old_tasks, task]
-    scores: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for i, t in enumerate(all_tasks):
-        hb.set_state("evaluating", {"phase": "evaluating", "step": i, "total": len(all_tasks), "task": t.name})
-        if hb.should_stop():
-            raise InterruptedError("cancelled while evaluating")
-        core_task = new_task if t.id == task.id else load_task(store, t)
-        scores[t.name] = round(learner.evaluate(core_task, "task_id"), 2)
-    eval_seconds = time.perf_counter() - t0
-    hb.set_state("evaluating", {"phase": "committing", "step": len(all_tasks), "total": len(all_tasks)})
+        raise Cancelled("cancelled before training")
+    learner = load_learner(settings=job.settings, store=store, stream=inp.stream, version=inp.version)
+    new_task = load_task(store=store, task=inp.task)
+    report = training.job_report(report=learner.learn(new_task, progress=hb.progress, should_stop=hb.should_stop))
+    hb.event("task.learned", report)
+    scores, eval_seconds = _evaluate(hb, store, inp, learner, new_task)
+    hb.set_state(JobState.EVALUATING, {"phase": Phase.COMMITTING, "step": len(scores), "total": len(scores)})
 
     manifest, blobs = persist.to_parts(learner)
     for sha, data in blobs.items():  # blobs first: the rows below point at them
         if store.put(data) != sha:
             raise OSError("object store returned a different content hash")
     tree = views.tree_view(learner)
-    nodes = {n["id"]: n for n in tree["nodes"]}
+    created_by = {n["id"]: n.get("created_by") for n in tree["nodes"]}
     adapters = []
     for node, sha in manifest["adapters"].items():
         blocks = learner.bank.blocks_of(node)
-        prev = prev_adapters.get(node)
-        trained_by = nodes.get(node, {}).get("created_by")
-        if prev is not None and prev.sha256 == sha:
-            created_by = prev.created_by
-        elif trained_by is not None and trained_by in task_jobs:
-            created_by = task_jobs[trained_by]  # a split renamed an old task's weights
-        else:
-            created_by = job_id
-        adapters.append(
-            {
-                "node": node,
-                "block_lo": blocks[0],
-                "block_hi": blocks[-1] + 1,
-                "sha256": sha,
-                "bytes": len(blobs[sha]),
-                "created_by": created_by,
-            }
-        )
+        adapters.append(NewAdapter(node, blocks[0], blocks[-1] + 1, sha, len(blobs[sha]), created_by.get(node)))
     paths = {t: views.path_segments(learner, t if learner.strategy.needs_task_id else None) for t in learner.task_names}
     hb.flush()
-    with session_factory(settings.db_url)() as session:
+    with job.session() as session:
+        rows = training.adapter_rows(
+            session=session,
+            job_id=job.job_id,
+            stream_id=inp.stream.id,
+            base_version=inp.base_version,
+            adapters=adapters,
+        )
         runs.commit_version(
             session=session,
-            job_id=job_id,
-            owner=owner,
-            base_version=base_version,
+            job_id=job.job_id,
+            owner=job.owner,
+            base_version=inp.base_version,
             manifest=manifest,
             tree=tree,
             similarity=views.similarities(learner),
             paths=paths,
-            adapters=adapters,
+            adapters=rows,
             scores=scores,
-            eval_seconds=round(eval_seconds, 2),
-            report=report_json,
+            eval_seconds=eval_seconds,
+            report=report,
         )
+
+
+def _evaluate(
+    hb: Heartbeat, store: BlobStore, inp: JobInput, learner: ContinualLearner, new_task: TaskData
+) -> tuple[dict[str, float], float]:
+    """One new row of R: every task learned so far and the new one, by task id -> (scores by
+    task name, seconds)."""
+    tasks = [*inp.learned, inp.task]
+    scores: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for i, t in enumerate(tasks):
+        hb.set_state(JobState.EVALUATING, {"phase": Phase.EVALUATING, "step": i, "total": len(tasks), "task": t.name})
+        if hb.should_stop():
+            raise Cancelled("cancelled while evaluating")
+        data = new_task if t.id == inp.task.id else load_task(store=store, task=t)
+        scores[t.name] = round(learner.evaluate(data, "task_id"), 2)
+    return scores, round(time.perf_counter() - t0, 2)

@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 
 from ..db import session_factory
 from ..deps import SessionDep
-from ..models import TERMINAL, Job
+from ..enums import TERMINAL
+from ..models import Job
 from ..schemas import EventOut, JobOut, Page
 from ..services import jobs
 

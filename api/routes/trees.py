@@ -8,10 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from ..deps import InferenceDep, SessionDep
-from ..errors import NotFound
 from ..schemas import AdapterOut, PredictIn, PredictOut, ScoreIn, ScoreOut
 from ..services import streams, trees
-from ..services.tasks import get_task
+from ..services.tasks import get_learned_task
 
 router = APIRouter(prefix="/v1/streams/{stream_id}", tags=["tree"])
 Version = Annotated[int | None, Query(ge=0, description="a tree version (default: the latest)")]
@@ -51,11 +50,7 @@ def list_adapters(stream_id: str, session: SessionDep, version: Version = None) 
     responses={200: {"content": {"application/gzip": {}}, "description": "PEFT adapter folder as .tar.gz"}},
 )
 def download_adapter(stream_id: str, task_id: str, session: SessionDep, inference: InferenceDep) -> Response:
-    stream = streams.get_stream(session=session, stream_id=stream_id)
-    task = get_task(session=session, stream_id=stream.id, task_id=task_id)
-    tv = trees.get_version(session=session, stream=stream)
-    if task.status != "learned" or tv is None:
-        raise NotFound(f"task {task.name!r} is not learned yet (status {task.status})", param="task_id")
+    stream, task, tv = trees.learned(session=session, stream_id=stream_id, task_id=task_id)
     data = inference.adapter_archive(stream, tv, task.name)
     headers = {
         "Content-Disposition": f'attachment; filename="{task.name}-v{tv.version}-peft.tar.gz"',
@@ -73,10 +68,7 @@ def _resolve(session: SessionDep, stream_id: str, task: str) -> tuple[Any, str]:
     """The stream (its `tree_version` is the version this request is served on) and the task."""
     stream = streams.get_stream(session=session, stream_id=stream_id)
     if task != "auto":
-        found = get_task(session=session, stream_id=stream.id, task_id=task)
-        if found.status != "learned":
-            raise NotFound(f"task {found.name!r} is not learned yet (status {found.status})", param="task")
-        task = found.name
+        task = get_learned_task(session=session, stream_id=stream.id, task_id=task, param="task").name
     session.close()  # generation can take a while: do not hold a connection
     return stream, task
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..enums import TERMINAL, JobState, Phase, TaskState
 from ..errors import Conflict, Invalid, NotFound
-from ..models import JOB_STATES, TERMINAL, Job, JobEvent, Task, now
+from ..models import Job, JobEvent, now
 from .common import page
 from .streams import get_stream
+from .tasks import settle_task
 
 
 def get_job(*, session: Session, job_id: str) -> Job:
@@ -25,8 +27,8 @@ def list_jobs(
     if stream_id is not None:
         q = q.where(Job.stream_id == get_stream(session=session, stream_id=stream_id).id)
     if state is not None:
-        if state not in JOB_STATES:
-            raise Invalid(f"unknown state {state!r}; one of {', '.join(JOB_STATES)}", param="state")
+        if state not in set(JobState):
+            raise Invalid(f"unknown state {state!r}; one of {', '.join(JobState)}", param="state")
         q = q.where(Job.state == state)
     return page(session, q, Job.id, after=after, limit=limit)
 
@@ -42,19 +44,13 @@ def cancel_job(*, session: Session, job_id: str) -> Job:
     job = get_job(session=session, job_id=job_id)
     if job.state in TERMINAL:
         raise Conflict(f"job {job_id} already {job.state}; only queued or running jobs can be cancelled")
-    if job.state == "queued":
-        job.state, job.finished_at = "cancelled", now()
-        job.progress = {**job.progress, "phase": "cancelled"}
-        mark_task(session, job, "cancelled")
+    if job.state == JobState.QUEUED:
+        job.state, job.finished_at = JobState.CANCELLED, now()
+        job.progress = {**job.progress, "phase": Phase.CANCELLED}
+        settle_task(session=session, task_id=job.task_id, status=TaskState.CANCELLED)
         session.add(JobEvent(job_id=job.id, type="job.cancelled", data={}))
     else:
         job.cancel_requested = True
         session.add(JobEvent(job_id=job.id, type="job.cancel_requested", data={}))
     session.commit()
     return job
-
-
-def mark_task(session: Session, job: Job, status: str) -> None:
-    task = session.get(Task, job.task_id)
-    if task is not None and task.status == "pending":
-        task.status = status

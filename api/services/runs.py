@@ -17,12 +17,13 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Update, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..enums import ACTIVE, TERMINAL, JobState, Outcome, Phase, TaskState
 from ..errors import Conflict
-from ..models import TERMINAL, Adapter, Evaluation, Job, JobEvent, Stream, Task, TreeVersion, now
+from ..models import Adapter, Evaluation, Job, JobEvent, Stream, Task, TreeVersion, now
 from ..settings import Settings
+from .tasks import settle_task
 
 MAX_ATTEMPTS = 3
-ACTIVE = ("running", "evaluating")
 
 
 def _changed(session: Session, stmt: Update) -> int:
@@ -32,7 +33,7 @@ def _changed(session: Session, stmt: Update) -> int:
 
 @dataclass
 class Claim:
-    outcome: str  # "claimed", "wait" (the stream is busy: try later) or "skip" (finished or owned)
+    outcome: Outcome  # CLAIMED, WAIT (the stream is busy: try later) or SKIP (finished or owned)
     job: Job | None = None
 
 
@@ -44,22 +45,22 @@ def claim(*, session: Session, job_id: str, owner: str, lease_s: float) -> Claim
     t = now()
     job = session.get(Job, job_id)
     if job is None or job.state in TERMINAL:
-        return Claim("skip")
+        return Claim(Outcome.SKIP)
     expired = job.lease_expires_at is not None and job.lease_expires_at < t
     if job.state in ACTIVE and not expired:
-        return Claim("skip")
+        return Claim(Outcome.SKIP)
     if job.attempt >= MAX_ATTEMPTS:
         fail(
             session=session, job_id=job_id, owner=None, code="worker_lost", message="the job lost its worker too often"
         )
-        return Claim("skip")
+        return Claim(Outcome.SKIP)
     earlier = session.scalar(
         select(Job.id).where(Job.stream_id == job.stream_id, Job.id < job.id, Job.state.not_in(TERMINAL)).limit(1)
     )
     if earlier is not None:
         job.enqueued_at = t  # its retry message is in flight: the sweeper need not send another
         session.commit()
-        return Claim("wait")
+        return Claim(Outcome.WAIT)
     holder_gone = exists().where(Job.id == Stream.active_job_id, or_(Job.state.in_(TERMINAL), Job.lease_expires_at < t))
     got_lock = _changed(
         session,
@@ -74,31 +75,31 @@ def claim(*, session: Session, job_id: str, owner: str, lease_s: float) -> Claim
         session.rollback()
         job.enqueued_at = t
         session.commit()
-        return Claim("wait")
+        return Claim(Outcome.WAIT)
     claimed = _changed(
         session,
         update(Job)
         .where(
             Job.id == job_id,
-            or_(Job.state == "queued", and_(Job.state.in_(ACTIVE), Job.lease_expires_at < t)),
+            or_(Job.state == JobState.QUEUED, and_(Job.state.in_(ACTIVE), Job.lease_expires_at < t)),
         )
         .values(
-            state="running",
+            state=JobState.RUNNING,
             lease_owner=owner,
             lease_expires_at=t + timedelta(seconds=lease_s),
             attempt=Job.attempt + 1,
             started_at=t,
-            progress={"phase": "loading"},
+            progress={"phase": Phase.LOADING},
         ),
     )
     if not claimed:
         session.rollback()
-        return Claim("skip")
+        return Claim(Outcome.SKIP)
     session.commit()
     session.refresh(job)
     _event(session, job_id, "job.started", {"attempt": job.attempt, "worker": owner})
     session.commit()
-    return Claim("claimed", job)
+    return Claim(Outcome.CLAIMED, job)
 
 
 def heartbeat(
@@ -108,7 +109,7 @@ def heartbeat(
     owner: str,
     lease_s: float,
     progress: dict[str, Any] | None = None,
-    state: str | None = None,
+    state: JobState | None = None,
     events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
 ) -> tuple[bool, bool]:
     """Renew the lease, store progress (and a new state); -> (still ours, cancel requested)."""
@@ -128,11 +129,13 @@ def heartbeat(
     return bool(ours), cancel
 
 
-def _finish(session: Session, job_id: str, owner: str | None, values: dict[str, Any]) -> bool:
+def _finish(session: Session, job_id: str, owner: str | None, state: JobState, values: dict[str, Any]) -> bool:
+    """End an unfinished job in `state` (with `owner`, only while it holds the lease), release its
+    stream's lock and settle its task."""
     cond = [Job.id == job_id, Job.state.not_in(TERMINAL)]
     if owner is not None:
         cond.append(Job.lease_owner == owner)
-    done = _changed(session, update(Job).where(*cond).values(finished_at=now(), **values))
+    done = _changed(session, update(Job).where(*cond).values(state=state, finished_at=now(), **values))
     if done:
         job = session.get(Job, job_id)
         assert job is not None
@@ -140,6 +143,7 @@ def _finish(session: Session, job_id: str, owner: str | None, values: dict[str, 
             session,
             update(Stream).where(Stream.id == job.stream_id, Stream.active_job_id == job_id).values(active_job_id=None),
         )
+        settle_task(session=session, task_id=job.task_id, status=TaskState(state))
     return bool(done)
 
 
@@ -149,29 +153,21 @@ def fail(*, session: Session, job_id: str, owner: str | None, code: str, message
         session,
         job_id,
         owner,
-        {"state": "failed", "error_code": code, "error_message": message[:2000], "progress": {"phase": "failed"}},
+        JobState.FAILED,
+        {"error_code": code, "error_message": message[:2000], "progress": {"phase": Phase.FAILED}},
     )
     if ok:
-        _set_task_status(session, job_id, "failed")
         _event(session, job_id, "job.failed", {"code": code, "message": message[:2000]})
     session.commit()
     return ok
 
 
 def cancelled(*, session: Session, job_id: str, owner: str) -> bool:
-    ok = _finish(session, job_id, owner, {"state": "cancelled", "progress": {"phase": "cancelled"}})
+    ok = _finish(session, job_id, owner, JobState.CANCELLED, {"progress": {"phase": Phase.CANCELLED}})
     if ok:
-        _set_task_status(session, job_id, "cancelled")
         _event(session, job_id, "job.cancelled", {})
     session.commit()
     return ok
-
-
-def _set_task_status(session: Session, job_id: str, status: str) -> None:
-    job = session.get(Job, job_id)
-    task = session.get(Task, job.task_id) if job else None
-    if task is not None and task.status == "pending":
-        task.status = status
 
 
 def commit_version(
@@ -200,11 +196,11 @@ def commit_version(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.state.in_(ACTIVE))
         .values(
-            state="succeeded",
+            state=JobState.SUCCEEDED,
             result_version=version,
             finished_at=now(),
             report=report,
-            progress={**job.progress, "phase": "done"},
+            progress={**job.progress, "phase": Phase.DONE},
         ),
     )
     moved = _changed(
@@ -234,25 +230,10 @@ def commit_version(
     )
     task = session.get(Task, job.task_id)
     assert task is not None
-    task.status, task.position = "learned", version
+    task.status, task.position = TaskState.LEARNED, version
     _event(session, job_id, "job.succeeded", {"tree_version": version, "scores": scores})
     session.commit()
     return version
-
-
-def previous_adapters(*, session: Session, stream_id: str, version: int) -> dict[str, Adapter]:
-    rows = session.scalars(select(Adapter).where(Adapter.stream_id == stream_id, Adapter.tree_version == version))
-    return {a.node: a for a in rows}
-
-
-def task_jobs(*, session: Session, stream_id: str) -> dict[str, str]:
-    """Learned task name -> the job that learned it."""
-    rows = session.execute(
-        select(Task.name, Job.id)
-        .join(Job, Job.task_id == Task.id)
-        .where(Task.stream_id == stream_id, Job.state == "succeeded"),
-    )
-    return {name: jid for name, jid in rows}
 
 
 def sweep(*, session: Session, settings: Settings) -> list[str]:
@@ -262,7 +243,7 @@ def sweep(*, session: Session, settings: Settings) -> list[str]:
     stale = t - timedelta(seconds=settings.requeue_after_s)
     q = select(Job).where(
         or_(
-            and_(Job.state == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale)),
+            and_(Job.state == JobState.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale)),
             and_(Job.state.in_(ACTIVE), Job.lease_expires_at < t),
         )
     )

@@ -4,6 +4,7 @@ the task and its training job in one transaction. A rejected upload stores nothi
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from treelora_core.data import METRICS, Example, parse_records, to_jsonl
 from treelora_core.errors import DataError
 
+from ..enums import JobState, Phase, TaskState
 from ..errors import Conflict, Invalid, NotFound
 from ..models import Job, JobEvent, Task, new_id
 from ..queue import enqueue
@@ -75,7 +77,9 @@ def submit_task(
         eval_source=source,
         bytes=len(train_blob) + len(eval_blob),
     )
-    job = Job(id=new_id("job"), stream_id=stream.id, task_id=task.id, state="queued", progress={"phase": "queued"})
+    job = Job(
+        id=new_id("job"), stream_id=stream.id, task_id=task.id, state=JobState.QUEUED, progress={"phase": Phase.QUEUED}
+    )
     session.add(task)
     session.flush()  # no ORM relationships: insert the parent row first
     session.add(job)
@@ -100,6 +104,34 @@ def get_task(*, session: Session, stream_id: str, task_id: str) -> Task:
     if task is None:
         raise NotFound(f"stream {stream.name!r} has no task {task_id!r}", param="task_id")
     return task
+
+
+def get_learned_task(
+    *, session: Session, stream_id: str, task_id: str, param: str = "task_id", paths: Container[str] | None = None
+) -> Task:
+    """A task the stream has learned. Given a tree version's `paths`, also one that version holds:
+    a task that finished after the stream row was read is not in the version read with it."""
+    task = get_task(session=session, stream_id=stream_id, task_id=task_id)
+    if task.status != TaskState.LEARNED or (paths is not None and task.name not in paths):
+        raise NotFound(f"task {task.name!r} is not learned yet (status {task.status})", param=param)
+    return task
+
+
+def learned_tasks(*, session: Session, stream_id: str) -> list[Task]:
+    """The stream's learned tasks in the order it learned them (the columns of R)."""
+    return list(
+        session.scalars(
+            select(Task).where(Task.stream_id == stream_id, Task.status == TaskState.LEARNED).order_by(Task.position)
+        )
+    )
+
+
+def settle_task(*, session: Session, task_id: str, status: TaskState) -> None:
+    """A pending task takes its job's outcome; a learned task stays learned whatever a later job
+    does. Committing a version marks its task learned (`runs.commit_version`)."""
+    task = session.get(Task, task_id)
+    if task is not None and task.status == TaskState.PENDING:
+        task.status = status
 
 
 def list_tasks(*, session: Session, stream_id: str, after: str | None, limit: int) -> tuple[list[Task], bool]:

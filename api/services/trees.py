@@ -13,10 +13,11 @@ from treelora_core.metrics import summarize
 from ..errors import Invalid, NotFound
 from ..models import Adapter, Evaluation, Stream, Task, TreeVersion
 from .streams import get_stream
-from .tasks import get_task
+from .tasks import get_learned_task, learned_tasks
 
 
 def get_version(*, session: Session, stream: Stream, version: int | None = None) -> TreeVersion | None:
+    """A committed version of the stream (default: its latest); None for version 0 (nothing learned)."""
     v = stream.tree_version if version is None else version
     if v < 0 or v > stream.tree_version:
         raise NotFound(f"stream {stream.name!r} has versions 0..{stream.tree_version}", param="version")
@@ -67,22 +68,22 @@ def versions(*, session: Session, stream_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def _learned(session: Session, stream_id: str, task_id: str) -> tuple[Stream, Task, TreeVersion]:
+def learned(*, session: Session, stream_id: str, task_id: str) -> tuple[Stream, Task, TreeVersion]:
+    """A learned task with its stream and the stream's latest version, which holds its path."""
     stream = get_stream(session=session, stream_id=stream_id)
-    task = get_task(session=session, stream_id=stream.id, task_id=task_id)
     tv = get_version(session=session, stream=stream)
-    if task.status != "learned" or tv is None or task.name not in tv.paths:
-        raise NotFound(f"task {task.name!r} is not learned yet (status {task.status})", param="task_id")
+    task = get_learned_task(session=session, stream_id=stream.id, task_id=task_id, paths=tv.paths if tv else {})
+    assert tv is not None  # with no version, no task is learned: the call above raised
     return stream, task, tv
 
 
 def task_path(*, session: Session, stream_id: str, task_id: str) -> dict[str, Any]:
-    _stream, task, tv = _learned(session, stream_id, task_id)
+    _stream, task, tv = learned(session=session, stream_id=stream_id, task_id=task_id)
     return {"task": task.name, "task_id": task.id, "tree_version": tv.version, "segments": tv.paths[task.name]}
 
 
 def similar(*, session: Session, stream_id: str, task_id: str, limit: int = 10) -> dict[str, Any]:
-    _stream, task, tv = _learned(session, stream_id, task_id)
+    _stream, task, tv = learned(session=session, stream_id=stream_id, task_id=task_id)
     sims = tv.similarity.get(task.name, {})
     ranked = sorted(sims.items(), key=lambda kv: -kv[1])[:limit]
     return {"task": task.name, "tree_version": tv.version, "similar": [{"task": n, "similarity": s} for n, s in ranked]}
@@ -108,12 +109,7 @@ def evaluations(*, session: Session, stream_id: str) -> dict[str, Any]:
     rows = list(
         session.scalars(select(Evaluation).where(Evaluation.stream_id == stream.id).order_by(Evaluation.tree_version))
     )
-    tasks = [
-        t.name
-        for t in session.scalars(
-            select(Task).where(Task.stream_id == stream.id, Task.status == "learned").order_by(Task.position)
-        )
-    ]
+    tasks = [t.name for t in learned_tasks(session=session, stream_id=stream.id)]
     # square: R[t][i] is None for tasks learned after version t+1 (they did not exist yet)
     R = [[r.scores.get(t) if i <= k else None for i, t in enumerate(tasks)] for k, r in enumerate(rows)]
     out: dict[str, Any] = {

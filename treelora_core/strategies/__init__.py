@@ -1,36 +1,36 @@
-"""Continual-learning methods behind one contract (see base.Strategy)."""
+"""Continual-learning methods behind one contract (see base.Strategy), one file per method."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from ..config import STRATEGIES
 from ..errors import ConfigError
-from .base import Strategy
-from .simple import EWC, OLoRA, PerTaskLoRA, SeqLoRA
+from .base import Context, Strategy, TrainSetup
+from .ewc import EWC
+from .o_lora import OLoRA
+from .per_task_lora import LoraTop, PerTaskLoRA
+from .seq_lora import SeqLoRA
+from .treelora import TreeLoRA
+from .treelora_paper import TreeLoRAPaper
 
-if TYPE_CHECKING:
-    from ..learner import ContinualLearner
+REGISTRY: dict[str, type[Strategy]] = {
+    c.name: c for c in (TreeLoRA, TreeLoRAPaper, SeqLoRA, OLoRA, PerTaskLoRA, LoraTop, EWC)
+}
+STRATEGIES = tuple(REGISTRY)
+
+__all__ = ["REGISTRY", "STRATEGIES", "Context", "Strategy", "TrainSetup", "make_strategy", "strategy_class"]
 
 
-def _registry() -> dict[str, type[Strategy]]:
-    from .paper import TreeLoRAPaper
-    from .tree import TreeLoRA
-
-    return {c.name: c for c in (TreeLoRA, TreeLoRAPaper, SeqLoRA, OLoRA, PerTaskLoRA, EWC)}
-
-
-def check_strategy(name: str) -> None:
-    if name not in STRATEGIES:
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in REGISTRY:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}", param="strategy")
+    return REGISTRY[name]
 
 
-def make_strategy(name: str, learner: ContinualLearner) -> Strategy:
-    check_strategy(name)
-    return _registry()[name](learner)
+def make_strategy(name: str, ctx: Context, options: Any = None) -> Strategy:
+    return strategy_class(name)(ctx, options)
 
 
 def needs_task_id(name: str) -> bool:
     """Whether the strategy keeps a path per task (so inference needs an id or the router)."""
-    check_strategy(name)
-    return _registry()[name].needs_task_id
+    return strategy_class(name).needs_task_id

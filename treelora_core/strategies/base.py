@@ -1,19 +1,44 @@
 """The contract every continual-learning method meets (as in mammoth / Avalanche): begin a task,
-observe a batch (its extra loss terms and gradient edits), end a task; plus how to route a task."""
+observe a batch (its extra loss terms and gradient edits), end a task; plus how to route a task.
+
+A strategy sees the learner only through `Context`: the adapter bank, the device, the seed, the
+task loss and seeded minibatches. Its own knobs are a dataclass beside it (`Options`), stored in
+the stream config under the strategy's `section`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 
+from ..lora import LoRABank
 from ..models import Encoded
+from ..types import Path
 
-if TYPE_CHECKING:
-    from ..learner import ContinualLearner
+Batch = tuple[torch.Tensor, torch.Tensor]  # (ids (B, T), labels (B, T))
 
-Path = dict[int, tuple[str, ...]]  # block -> adapters summed at that block
+
+class Context(Protocol):
+    """What a strategy may use of the learner that runs it."""
+
+    @property
+    def bank(self) -> LoRABank: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean token loss of a batch under the adapters currently routed."""
+        ...
+
+    def minibatches(self, enc: list[Encoded], n: int, batch_size: int | None = None, seed: int = 0) -> list[Batch]:
+        """`n` seeded minibatches (with wrap-around) of `enc`."""
+        ...
 
 
 @dataclass
@@ -21,21 +46,29 @@ class TrainSetup:
     trainable: set[str]  # adapter names whose parameters train on this task
     path: Path  # adapters active during training
     start_block: int = 0  # blocks before it hold nothing trainable: their output can be cached
-    trainable_blocks: range | None = None  # restrict training to these blocks of `trainable`
+    cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
+    # the penalty differentiates the gradient (double backward): the forward must then use an
+    # attention kernel that is twice differentiable (the fused CPU kernel is not)
+    double_backward: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # placement details for reports
 
 
+@dataclass
+class NoOptions:
+    """A method without knobs of its own."""
+
+
 class Strategy:
-    name = "base"
-    needs_task_id = False  # True: each task has its own path, so inference needs an id or a router
+    name: ClassVar[str] = "base"
+    needs_task_id: ClassVar[bool] = False  # True: a path per task, so inference needs an id or a router
+    section: ClassVar[str | None] = None  # stream-config field that holds `Options` (None: no knobs)
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, learner: ContinualLearner) -> None:
-        self.learner = learner
-        self.bank = learner.bank
-        self.n_blocks = learner.bank.n_blocks
-
-    def all_blocks(self, names: tuple[str, ...]) -> Path:
-        return {b: names for b in range(self.n_blocks)}
+    def __init__(self, ctx: Context, options: Any = None) -> None:
+        self.ctx = ctx
+        self.bank = ctx.bank
+        self.n_blocks = ctx.bank.n_blocks
+        self.opts = options if options is not None else self.Options()
 
     # -- the three hooks ------------------------------------------------------------------------
     def begin_task(self, name: str, train: list[Encoded]) -> TrainSetup:
@@ -57,7 +90,19 @@ class Strategy:
         raise NotImplementedError
 
     def stored_bytes(self) -> int:
-        return sum(self.bank.nbytes(n) for n in self.bank.names())
+        """Everything the method keeps after training: adapters plus its extra tensors
+        (signatures, gradients, Fisher, anchors). The learner adds the router's prototypes."""
+        adapters = sum(self.bank.nbytes(n) for n in self.bank.names())
+        return adapters + sum(t.numel() * t.element_size() for t in self.extra_tensors().values())
+
+    # -- views ----------------------------------------------------------------------------------
+    def tree_nodes(self) -> list[dict[str, Any]] | None:
+        """The method's tree as plain nodes (see views.tree_view), or None if it keeps no tree."""
+        return None
+
+    def similarities(self, tasks: list[str]) -> dict[str, dict[str, float]]:
+        """Task-to-task similarity the method measured (empty if it keeps none)."""
+        return {}
 
     # -- persistence ----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Microbenchmark: LCB search on the layer-wise K-D tree against flat (brute-force) search.
 
-    python -m treelora_core.bench_tree
+    python -m benchmarks.tree_search
 
 N synthetic tasks (4 layers x 64 dims, in 8 clusters, like tasks that come in families); each
 query is a noisy copy of a random task. Reports signature comparisons and time per query and
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .kdtree import GradientKDTree, LCBSearch, Signature, l1
+from treelora_core.kdtree import GradientKDTree, LCBSearch, Signature, l1
 
 LAYERS, DIM, CLUSTERS = 4, 64, 8
 

@@ -1,6 +1,6 @@
 """Render docs/benchmarks.md from the JSON files the benchmarks wrote.
 
-python -m treelora_core.bench_report
+python -m benchmarks.report
 """
 
 from __future__ import annotations
@@ -10,74 +10,108 @@ import json
 from pathlib import Path
 from typing import Any
 
-HEAD = "| method | OP | BWT (GEM) | forgetting | s/task | x per_task | trainable | stored KiB | routing % |"
+HEAD = (
+    "| method | OP [95% CI] | BWT (GEM) | forgetting [95% CI] | s/task [95% CI] | x per_task | trainable "
+    "| stored KiB | routing % |"
+)
+REF = "per_task_lora@task_id"  # the time reference: an independent LoRA per task, all blocks
 
 
-def _table(summary: dict[str, Any]) -> list[str]:
-    methods = summary["methods"]
-    ref = methods.get("per_task_lora@task_id", {}).get("seconds_per_task")
+def _ci(v: float, ci: list[float] | None, fmt: str = ".1f") -> str:
+    return f"{v:{fmt}}" if not ci else f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def _table(methods: dict[str, Any]) -> list[str]:
+    ref = methods.get(REF, {}).get("seconds_per_task")
     rows = [HEAD, "|" + "---|" * 9]
     for name, m in methods.items():
         ratio = f"{m['seconds_per_task'] / ref:.2f}" if ref else "-"
         routing = "-" if m["routing_accuracy"] is None else f"{m['routing_accuracy']:.1f}"
         rows.append(
-            f"| {name} | {m['op']:.1f} | {m['bwt_gem']:+.1f} | {m['forgetting']:.1f} | "
-            f"{m['seconds_per_task']:.0f} | {ratio} | {m['trainable_params']:,} | "
-            f"{m['stored_bytes'] / 1024:,.0f} | {routing} |"
+            f"| {name} | {_ci(m['op'], m.get('op_ci'))} | {m['bwt_gem']:+.1f} | "
+            f"{_ci(m['forgetting'], m.get('forgetting_ci'))} | "
+            f"{_ci(m['seconds_per_task'], m.get('seconds_ci'), '.0f')} "
+            f"| {ratio} | {m['trainable_params']:,} | {m['stored_bytes'] / 1024:,.0f} | {routing} |"
         )
     return rows
+
+
+# the comparisons the targets name: (a, b) -> the verdict on OP from the paired interval
+TARGET_PAIRS = (
+    ("treelora", "per_task_lora"),
+    ("treelora", "lora_top"),
+    ("treelora", "seq_lora"),
+    ("treelora", "o_lora"),
+    ("treelora", "ewc"),
+    ("treelora", "treelora_paper"),
+    ("treelora@task_id", "per_task_lora@task_id"),
+    ("treelora@task_id", "lora_top@task_id"),
+    ("treelora", "treelora[no_warm]"),
+    ("treelora", "treelora[no_share]"),
+    ("treelora", "treelora[random_relative]"),
+    ("treelora", "treelora[always_share]"),
+    ("treelora_paper", "seq_lora"),
+    ("treelora_paper", "treelora_paper[no_penalty]"),
+    ("treelora_paper", "treelora_paper[random_search]"),
+    ("ewc", "seq_lora"),
+)
 
 
 def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -> None:
     path = folder / f"{name}.json"
     if not path.exists():
-        out += [f"## {title}", "", f"Not run yet: `{command}`", ""]
+        out += [f"## {title}", "", f"Not aggregated yet: `{command}`", ""]
         return
     summary = json.loads(path.read_text())
     details = json.loads((folder / f"{name}.details.json").read_text())
-    tasks = ", ".join(
-        f"{t['name']} ({t['metric']}, {t['n_train']} train / {t['n_test']} test)" for t in details["tasks"]
-    )
+    seeds = summary["seeds"]
     out += [
         f"## {title}",
         "",
         f"`{command}`",
         "",
-        f"Model {summary['model']}, {summary['epochs']} epochs budget, profile {summary['profile']}, seed "
-        f"{details['seed']}, one run ({details['wall_seconds'] / 60:.0f} min wall, {details['machine']}).",
+        f"Model {summary['model']}, at most {summary['epochs']} epochs with early stopping on held-out training "
+        f"examples (patience 1), profile {summary['profile']}, seeds {seeds} ({details['machine']}); "
+        f"{details['n_test']} test examples per task. Intervals: 95% bootstrap over seeds and test examples.",
         "",
-        f"Tasks in order: {tasks}.",
-        "",
-        "Zero-shot scores: " + ", ".join(f"{z:.0f}" for z in details["zero_shot"]) + ".",
+        "Tasks in order: " + ", ".join(details["tasks"]) + ".",
         "",
     ]
-    out += _table(summary)
+    if details.get("ewc_lambda") is not None:
+        out += [f"EWC lambda {details['ewc_lambda']:g}, chosen on validation loss (`ewc-lambda.json`).", ""]
+    out += _table(summary["methods"])
     out += [
         "",
         "`<method>` rows of routed methods use the router (no task id); `<method>@task_id` the true id. "
         "`x per_task` is seconds per task relative to `per_task_lora`.",
         "",
+        'Paired differences in OP (a minus b, same seeds and test examples); "beats" only where the '
+        "interval excludes zero:",
+        "",
+        "| a | b | OP a - b [95% CI] | verdict |",
+        "|---|---|---|---|",
     ]
-    if details.get("ablations"):
-        out += ["Ablation of `treelora_paper` (paper Table 5 style):", "", HEAD, "|" + "---|" * 9]
-        full = summary["methods"].get("treelora_paper")
-        abl = {"treelora_paper (full: LCB search + penalty)": full, **details["ablations"]}
-        out += _table({"methods": {k: v for k, v in abl.items() if v}})[2:]
-        out.append("")
-    tl = details["runs"].get("treelora")
+    pairs = details.get("pairs", {})
+    for a, b in TARGET_PAIRS:
+        p = pairs.get(f"{a} vs {b}")
+        if p:
+            out.append(f"| {a} | {b} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} |")
+    out.append("")
+    tl = details["runs"].get("treelora", {}).get(str(seeds[0]))
     if tl:
         out += [
-            "`treelora` placements:",
+            f"`treelora` placements (seed {seeds[0]}):",
             "",
-            "| task | relative | similarity | pulls | branch at | warm start | s | place/train/validate/finish s |",
-            "|---|---|---|---|---|---|---|---|",
+            "| task | relative | similarity | pulls | branch at | warm start | epochs | s "
+            "| place/train/validate/finish s |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in tl["per_task"]:
             p = r["placement"]
             ph = r.get("phase_seconds") or {}
             out.append(
                 f"| {r['task']} | {p.get('relative') or '-'} | {p.get('similarity', '-')} | {p.get('pulls', '-')} | "
-                f"{p.get('branch_at', 0)} | {p.get('warm_start', False)} | {r['seconds']} | "
+                f"{p.get('branch_at', 0)} | {p.get('warm_start', False)} | {r['epochs']} | {r['seconds']} | "
                 + "/".join(str(ph.get(k, "-")) for k in ("place", "train", "validate", "finish"))
                 + " |"
             )
@@ -85,11 +119,11 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     out += [f"![{title}](benchmarks/{name}.png)", ""]
 
 
-SERVING_CMD = "python -m api.bench_serving"
+SERVING_CMD = "python -m benchmarks.serving"
 
 
 def _serving(out: list[str], folder: Path) -> None:
-    """The serving benchmark (written by the service's `api.bench_serving`)."""
+    """The serving benchmark (written by `benchmarks.serving`)."""
     out += ["## Serving", "", f"`{SERVING_CMD}`", ""]
     path = folder / "serving.json"
     if not path.exists():
@@ -128,7 +162,7 @@ def _serving(out: list[str], folder: Path) -> None:
     if rt.exists():
         r = json.loads(rt.read_text())
         out += [
-            "The continual benchmark's streams (`python -m treelora_core.bench_routing`; each stream's tree "
+            "The continual benchmark's streams (`python -m benchmarks.routing`; each stream's tree "
             "replayed from its `treelora` run, prototypes from the training prompts):",
             "",
             "| stream | tasks | test prompts | flat % | tree % |",
@@ -152,31 +186,33 @@ def _serving(out: list[str], folder: Path) -> None:
         out += [notes.read_text()]
 
 
-def render(folder: Path) -> str:
+def render(folder: Path, suffix: str = "") -> str:
     out = [
         "# Benchmarks",
         "",
-        "Every number here comes from the commands shown, in one run per stream: all methods, the same "
-        "model, data, seeds and epoch budget, and the same early-stopping rule (docs/treelora.md). "
-        "Scores are percentages.",
+        "Every number here comes from the commands shown: all methods on the same model, data, seeds, "
+        "epoch budget and early-stopping rule (docs/treelora.md), run as cells (stream x method x seed) "
+        "and aggregated with intervals. Scores are percentages.",
         "",
     ]
     _stream(
         out,
         folder,
-        "continual",
+        f"continual{suffix}",
         "Same-template stream (WordNet supersenses)",
-        "python -m treelora_core.bench --stream wordnet --profile quick",
+        "python -m benchmarks.continual run --stream wordnet --seeds 0 1 2 && "
+        "python -m benchmarks.continual aggregate --stream wordnet",
     )
     _stream(
         out,
         folder,
-        "continual-mixed",
+        f"continual-mixed{suffix}",
         "Mixed-template stream (TRACE-500)",
-        "python -m treelora_core.bench --stream mixed --profile quick --trace-root ../shared/data/trace-500",
+        "python -m benchmarks.continual run --stream mixed --seeds 0 1 2 --trace-root ../shared/data/trace-500 && "
+        "python -m benchmarks.continual aggregate --stream mixed",
     )
     ts = folder / "tree_search.json"
-    out += ["## Tree search", "", "`python -m treelora_core.bench_tree`", ""]
+    out += ["## Tree search", "", "`python -m benchmarks.tree_search`", ""]
     if ts.exists():
         data = json.loads(ts.read_text())
         out += [
@@ -204,8 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--folder", type=Path, default=Path("docs/benchmarks"))
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    ap.add_argument("--suffix", default="", help="'-smoke' renders the smoke profile's files")
     args = ap.parse_args(argv)
-    args.out.write_text(render(args.folder))
+    args.out.write_text(render(args.folder, args.suffix))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ loop (`treelora_core.serving.decode`), so that only the way adapters are applied
 
 Each task's adapter is its tree path flattened to one PEFT adapter (the service's export).
 
-    python -m api.bench_systems --system peft_mixed --adapters DIR --port 8101
+    python -m benchmarks.serving_systems --system peft_mixed --adapters DIR --port 8101
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from api.inference import widen_threadpool
+from api.serving import gather
 from treelora_core.models import Formatter, load_base
 from treelora_core.serving import GenParams, decode
-
-from .inference import widen_threadpool
-from .serving import gather
 
 SYSTEMS = ("base", "peft_switch", "peft_mixed", "merged_switch")
 BATCHED = ("base", "peft_mixed")

@@ -12,21 +12,26 @@ import matplotlib.pyplot as plt
 
 
 def plot(summary: dict[str, Any], details: dict[str, Any], out: Path) -> None:
-    runs = details["runs"]
+    import numpy as np
+
+    runs = {}  # method -> R (or R_auto) averaged over seeds
+    for m, by_seed in details["runs"].items():
+        mats = [c["R_auto"] or c["R"] for c in by_seed.values()]
+        runs[m] = [[float(np.mean([mat[t][i] for mat in mats])) for i in range(t + 1)] for t in range(len(mats[0]))]
     n = len(runs)
     fig, axes = plt.subplots(2, max(n, 1), figsize=(2.6 * n, 6.0), squeeze=False)
     ax0 = fig.add_subplot(2, 1, 1)
     for a in axes[0]:
         a.remove()
-    for m, r in runs.items():
-        R = r["R_auto"] or r["R"]
-        ax0.plot(range(1, len(R) + 1), [sum(row) / len(row) for row in R], marker="o", label=m)
+    for m, R in runs.items():
+        ax0.plot(range(1, len(R) + 1), [float(np.mean(row)) for row in R], marker="o", label=m)
     ax0.set_xlabel("tasks learned")
     ax0.set_ylabel("mean score on tasks so far (%)")
-    ax0.set_title(f"{summary['stream']} stream, {summary['profile']} profile, {summary['model']}")
+    ax0.set_title(
+        f"{summary['stream']} stream, {summary['profile']} profile, {summary['model']}, seeds {summary['seeds']}"
+    )
     ax0.legend(fontsize=7, ncol=2)
-    for ax, (m, r) in zip(axes[1], runs.items(), strict=True):
-        R = r["R_auto"] or r["R"]
+    for ax, (m, R) in zip(axes[1], runs.items(), strict=True):
         T = len(R)
         grid = [[R[t][i] if i <= t else float("nan") for i in range(T)] for t in range(T)]
         ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")

@@ -1,6 +1,6 @@
 """A few-minute demo on real data: learn WordNet supersense tasks one after another with TreeLoRA.
 
-    python -m treelora_core.demo --tasks 3
+    python -m examples.library_demo --tasks 3
 
 Prints each task's placement in the tree, the accuracy matrix, routing without a task id, and
 exports the last task's path as a PEFT adapter.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import StreamConfig, TrainConfig
-from .data import load_wordnet
-from .export import export_peft
-from .learner import ContinualLearner
-from .metrics import summarize
+from treelora_core.config import StreamConfig, TrainConfig
+from treelora_core.data import load_wordnet
+from treelora_core.export import export_peft
+from treelora_core.learner import ContinualLearner
+from treelora_core.metrics import summarize
 
 
 def main(argv: list[str] | None = None) -> None:

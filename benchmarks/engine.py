@@ -2,7 +2,7 @@
 one batch of `--rows` prompts decoded by the plain base model and by `serving.Server` with every
 row on its own task's path (tree-shaped: a shared node on blocks [0, 20), a node per task after).
 
-    python -m treelora_core.bench_engine        # -> docs/benchmarks/serving-engine.json
+    python -m benchmarks.engine        # -> docs/benchmarks/serving-engine.json
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .data import load_wordnet, wordnet_label_sets
-from .models import Formatter, load_base
-from .serving import AdapterPool, Factors, GenParams, RowPath, Server, decode
+from treelora_core import types as route
+from treelora_core.data import load_wordnet, wordnet_label_sets
+from treelora_core.models import Formatter, load_base
+from treelora_core.serving import AdapterPool, Factors, GenParams, Server, decode
 
 
 def random_factors(key: str, blocks: range, shapes: dict[str, tuple[int, int]], r: int = 8) -> Factors:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     keys = {"shared": range(0, split), **{f"task{i}": range(split, n_blocks) for i in range(args.rows)}}
     server.pool.acquire(set(keys), lambda k: random_factors(k, keys[k], shapes))
 
-    def paths(mix: int) -> list[RowPath]:
+    def paths(mix: int) -> list[route.Path]:
         return [
             {b: ("shared",) if b < split else (f"task{i % mix}",) for b in range(n_blocks)} for i in range(args.rows)
         ]

@@ -1,4 +1,4 @@
-"""`python -m api.demo [--url URL]`: three real WordNet tasks through a running service.
+"""`python -m examples.service_demo [--url URL]`: three real WordNet tasks through a running service.
 
 Creates a stream, uploads the tasks one after another as they would arrive, follows each job's
 live events with a progress bar, then prints the tree, the accuracy matrix R and predictions

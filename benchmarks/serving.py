@@ -1,13 +1,13 @@
 """Serving benchmark over HTTP: this service against four baselines, in one run.
 
-    python -m api.bench_serving                     # -> docs/benchmarks/serving.json, serving.png
-    python -m api.bench_serving --profile smoke     # the pipeline in a few minutes (numbers mean little)
+    python -m benchmarks.serving                     # -> docs/benchmarks/serving.json, serving.png
+    python -m benchmarks.serving --profile smoke     # the pipeline in a few minutes (numbers mean little)
 
 1. Runs the service (embedded mode) and teaches one stream 32 real WordNet tasks (random
    4-label supersense sets; reused from `--state` when already there), then downloads each task's
    path as a PEFT adapter.
 2. For each system (`treelora` = this service, then `base`, `peft_switch`, `peft_mixed`,
-   `merged_switch` from `api.bench_systems`), one at a time on the same machine: closed-loop
+   `merged_switch` from `benchmarks.serving_systems`), one at a time on the same machine: closed-loop
    clients (32 in the full profile) send greedy requests (one prompt each, 32 new tokens with EOS
    ignored) for 40 s, each to a task drawn from a mix of 1, 8 or 32 tasks; tokens/s and p50/p99
    latency are measured by the clients. The batching systems all use the service's batching policy.
@@ -31,10 +31,9 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from api.settings import Settings
+from benchmarks.serving_systems import SYSTEMS
 from treelora_core.data import Task, load_wordnet, to_jsonl, wordnet_label_sets
-
-from .bench_systems import SYSTEMS
-from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = {
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
                 proc = start(
                     [
                         "-m",
-                        "api.bench_systems",
+                        "benchmarks.serving_systems",
                         "--system",
                         system,
                         "--adapters",

@@ -1,6 +1,6 @@
 """Routing without a task id on the benchmark streams: flat nearest prototype vs tree descent.
 
-    python -m treelora_core.bench_routing --trace-root ../shared/data/trace-500   # -> docs/benchmarks/routing.json
+    python -m benchmarks.routing --trace-root ../shared/data/trace-500   # -> docs/benchmarks/routing.json
 
 For each stream of the continual benchmark (quick profile: same tasks, same splits), the tree is
 the one `treelora` built in that benchmark's run (its placements in `<stream>.details.json`);
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .adapter_tree import AdapterTree
-from .bench import PROFILES, load_stream
-from .config import StreamConfig
-from .learner import ContinualLearner
-from .models import load_base
-from .router import PrototypeRouter
+from benchmarks.continual import PROFILES, load_stream
+from treelora_core.adapter_tree import AdapterTree
+from treelora_core.config import StreamConfig
+from treelora_core.learner import ContinualLearner
+from treelora_core.models import load_base
+from treelora_core.router import PrototypeRouter
 
 STREAMS = {"wordnet": "continual", "mixed": "continual-mixed"}
 

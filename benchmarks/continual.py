@@ -1,0 +1,367 @@
+"""Continual-learning benchmark: every method, the same model, data, seeds, epoch budget and
+early-stopping rule, run as resumable cells (stream x method x seed) and aggregated with intervals.
+
+    python -m benchmarks.continual run --stream wordnet --seeds 0 1 2      # runs the missing cells
+    python -m benchmarks.continual run --stream mixed --seeds 0 1 2 --trace-root ../shared/data/trace-500
+    python -m benchmarks.continual tune-ewc --stream wordnet                # EWC's lambda on validation loss
+    python -m benchmarks.continual aggregate --stream wordnet               # JSON, details, plot
+    python -m benchmarks.report                                             # docs/benchmarks.md
+
+A cell is one method learning the whole stream with one seed; it is written to
+`docs/benchmarks/cells/<stream>-<profile>/seed<k>/<method>.json` when it finishes, so a stopped
+run resumes where it was and a stream can be extended seed by seed. The task data are the same
+for every seed (so methods are compared on the same test examples); the seed sets the data
+order, the adapters' init and the held-out validation split. Within a process the model is warmed
+up before the first timed cell, and the order of methods rotates from seed to seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from treelora_core.batching import collate
+from treelora_core.config import StreamConfig, config_from_dict
+from treelora_core.data import MIXED_STREAM, Task, load_trace, load_wordnet
+from treelora_core.learner import ContinualLearner
+from treelora_core.models import DEFAULT_MODEL, load_base
+
+from . import stats
+
+# method name -> (strategy, config sections that differ from the strategy's defaults)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "treelora": ("treelora", {}),
+    "per_task_lora": ("per_task_lora", {}),
+    "lora_top": ("lora_top", {}),
+    "seq_lora": ("seq_lora", {}),
+    "o_lora": ("o_lora", {}),
+    "ewc": ("ewc", {}),
+    "treelora_paper": ("treelora_paper", {}),
+    "treelora[no_warm]": ("treelora", {"tree": {"warm_start": False}}),
+    "treelora[no_share]": ("treelora", {"tree": {"share": False}}),
+    "treelora[random_relative]": ("treelora", {"tree": {"placement": "random"}}),
+    "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share"}}),
+    "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
+    "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
+}
+EWC_GRID = (1e2, 1e3, 1e4, 1e5)  # lambda candidates for `tune-ewc`
+
+
+@dataclass(frozen=True)
+class Profile:
+    n_tasks: int
+    n_train: int  # per task, of which TrainConfig.val_examples go to the early-stopping rule
+    n_test: int
+    epochs: int  # the budget; early stopping (patience 1 on validation loss) may end sooner
+    max_length: int
+
+
+PROFILES = {
+    ("wordnet", "smoke"): Profile(2, 48, 8, 1, 64),  # checks the pipeline in a minute; numbers mean nothing
+    ("mixed", "smoke"): Profile(2, 48, 8, 1, 64),
+    ("wordnet", "quick"): Profile(5, 128, 100, 4, 64),
+    ("mixed", "quick"): Profile(5, 96, 100, 4, 128),
+    ("wordnet", "full"): Profile(6, 500, 100, 5, 128),
+    ("mixed", "full"): Profile(8, 500, 100, 5, 512),
+}
+OUTPUT = {"wordnet": "continual", "mixed": "continual-mixed"}
+
+
+def load_stream(stream: str, profile: Profile, trace_root: Path) -> list[Task]:
+    if stream == "wordnet":
+        return load_wordnet(n_tasks=profile.n_tasks, n_train=profile.n_train, n_test=profile.n_test)
+    names = (
+        MIXED_STREAM
+        if profile.n_tasks <= len(MIXED_STREAM)
+        else ("C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm", "NumGLUE-ds", "20Minuten")
+    )
+    return load_trace(trace_root, names[: profile.n_tasks], n_train=profile.n_train, n_test=profile.n_test)
+
+
+def method_config(method: str, profile: Profile, seed: int, ewc_lambda: float | None = None) -> StreamConfig:
+    strategy, sections = METHODS[method]
+    d: dict[str, Any] = {
+        "strategy": strategy,
+        "train": {"epochs": profile.epochs, "max_length": profile.max_length, "seed": seed, "patience": 1},
+        **copy.deepcopy(sections),
+    }
+    if strategy == "ewc" and ewc_lambda is not None:
+        d["ewc"] = {"lam": ewc_lambda}
+    return config_from_dict(d)
+
+
+def warm_up(base: Any, tok: Any, tasks: list[Task], profile: Profile) -> None:
+    """A few untimed training steps, so the first timed cell does not pay for allocator and
+    kernel warm-up."""
+    learner = ContinualLearner(copy.deepcopy(base), tok, method_config("seq_lora", profile, 0))
+    learner.strategy.begin_task("warm-up", [])
+    params = learner.bank.set_trainable({"shared"})
+    ids, labels = collate(learner.encode(tasks[0].train[:8]), tok.pad_token_id, learner.device)
+    with learner.bank.routed_path(learner.path_for(None)):
+        for _ in range(3):
+            learner.loss(ids, labels).backward()
+            for p in params:
+                p.grad = None
+
+
+def run_cell(method: str, cfg: StreamConfig, base: Any, tok: Any, tasks: list[Task]) -> dict[str, Any]:
+    learner = ContinualLearner(copy.deepcopy(base), tok, cfg)
+    routed = learner.strategy.needs_task_id
+    t0 = time.time()
+    R: list[list[list[float]]] = []  # R[t][i] = per-example scores on task i after task t
+    R_auto: list[list[list[float]]] = []
+    per_task = []
+    bar = tqdm(tasks, desc=method, unit="task", leave=False)
+    for t, task in enumerate(bar):
+        rep = learner.learn(task)
+        R.append([learner.evaluate_examples(tasks[i], "task_id" if routed else "auto") for i in range(t + 1)])
+        if routed:
+            R_auto.append([learner.evaluate_examples(tasks[i], "auto") for i in range(t + 1)])
+        hits = total = 0
+        if routed:
+            for old in tasks[: t + 1]:
+                routes = learner.resolve([e.prompt for e in old.test], "auto")
+                hits += sum(r == old.name for r, _ in routes)
+                total += len(routes)
+        per_task.append(
+            {
+                "task": task.name,
+                "seconds": round(rep.seconds, 2),
+                "epochs": rep.epochs_run,
+                "steps": rep.steps,
+                "trainable_params": rep.trainable_params,
+                "val_losses": [round(v, 4) for v in rep.val_losses],
+                "placement": rep.placement,
+                "phase_seconds": rep.phase_seconds,
+                "stored_bytes": learner.stored_bytes(),
+                "routing_accuracy": round(100.0 * hits / total, 2) if total else None,
+            }
+        )
+        bar.set_postfix(op=f"{np.mean([np.mean(r) for r in (R_auto or R)[-1]]):.1f}")
+    return {
+        "method": method,
+        "strategy": cfg.strategy,
+        "seed": cfg.train.seed,
+        "routed": routed,
+        "R": R,
+        "R_auto": R_auto or None,
+        "per_task": per_task,
+        "stored_bytes": learner.stored_bytes(),
+        "trainable_params": round(sum(p["trainable_params"] for p in per_task) / len(per_task)),
+        "wall_seconds": round(time.time() - t0, 1),
+        "ewc_lambda": cfg.ewc.lam if cfg.strategy == "ewc" else None,
+    }
+
+
+def cells_dir(out: Path, stream: str, profile: str) -> Path:
+    return out / "cells" / f"{stream}-{profile}"
+
+
+def ewc_lambda(out: Path, stream: str, profile: str) -> float | None:
+    path = cells_dir(out, stream, profile) / "ewc-lambda.json"
+    return float(json.loads(path.read_text())["chosen"]) if path.exists() else None
+
+
+def _setup(args: argparse.Namespace) -> tuple[Profile, list[Task], Any, Any]:
+    logging.basicConfig(level=logging.WARNING)
+    prof = PROFILES[(args.stream, args.profile)]
+    tasks = load_stream(args.stream, prof, args.trace_root)
+    base, tok = load_base(args.model, device=args.device)
+    return prof, tasks, base, tok
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    prof, tasks, base, tok = _setup(args)
+    folder = cells_dir(args.out, args.stream, args.profile)
+    lam = ewc_lambda(args.out, args.stream, args.profile)
+    if "ewc" in args.methods and lam is None:
+        raise SystemExit(f"run `tune-ewc --stream {args.stream} --profile {args.profile}` first")
+    todo = []
+    for seed in args.seeds:
+        k = seed % len(args.methods)
+        for m in args.methods[k:] + args.methods[:k]:  # the order rotates between seeds
+            if not (folder / f"seed{seed}" / f"{m}.json").exists():
+                todo.append((seed, m))
+    if not todo:
+        return
+    warm_up(base, tok, tasks, prof)
+    for seed, m in tqdm(todo, desc=f"cells {args.stream}", unit="cell"):
+        cell = run_cell(m, method_config(m, prof, seed, lam), base, tok, tasks)
+        cell.update(stream=args.stream, profile=args.profile, model=args.model, machine=_machine())
+        path = folder / f"seed{seed}" / f"{m}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cell) + "\n")
+        os.replace(tmp, path)  # a cell appears whole or not at all
+
+
+def cmd_tune_ewc(args: argparse.Namespace) -> None:
+    """EWC's lambda from EWC_GRID: seed 0, the first two tasks, the lambda with the lowest mean
+    validation loss over both tasks' held-out validation splits after the second task (the
+    validation splits never train; the test sets are not read)."""
+    prof, tasks, base, tok = _setup(args)
+    results = {}
+    for lam in tqdm(EWC_GRID, desc="ewc lambda"):
+        cfg = method_config("ewc", prof, 0, lam)
+        learner = ContinualLearner(copy.deepcopy(base), tok, cfg)
+        for task in tasks[:2]:
+            learner.learn(task)
+        results[str(lam)] = [round(learner.validation_loss(t), 4) for t in tasks[:2]]
+    chosen = min(EWC_GRID, key=lambda v: float(np.mean(results[str(v)])))
+    folder = cells_dir(args.out, args.stream, args.profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"grid": list(EWC_GRID), "validation_losses": results, "chosen": chosen, "rule": cmd_tune_ewc.__doc__}
+    (folder / "ewc-lambda.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def load_cells(out: Path, stream: str, profile: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """method -> seed -> cell."""
+    cells: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted(cells_dir(out, stream, profile).glob("seed*/*.json")):
+        cell = json.loads(path.read_text())
+        cells.setdefault(cell["method"], {})[cell["seed"]] = cell
+    return cells
+
+
+def scores_array(cells: list[dict[str, Any]], key: str) -> np.ndarray:
+    """(S, T, T, n) per-example scores, NaN where a task was not yet trained."""
+    first = cells[0][key]
+    T, n = len(first), len(first[0][0])
+    x = np.full((len(cells), T, T, n), np.nan)
+    for s, cell in enumerate(cells):
+        for t, row in enumerate(cell[key]):
+            for i, ex in enumerate(row):
+                x[s, t, i] = ex
+    return x
+
+
+def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, details) over the seeds every listed method has finished."""
+    cells = load_cells(out, stream, profile)
+    common = sorted(set.intersection(*(set(v) for v in cells.values()))) if cells else []
+    if not common:
+        raise SystemExit(f"no seed has every method's cell under {cells_dir(out, stream, profile)}")
+    any_cell = next(iter(cells.values()))[common[0]]
+    T, n = len(any_cell["R"]), len(any_cell["R"][0][0])
+    draws = stats.resamples(len(common), T, n)
+    arrays: dict[str, np.ndarray] = {}
+    methods: dict[str, Any] = {}
+    for m, by_seed in cells.items():
+        cs = [by_seed[s] for s in common]
+        rows = [(m, "R_auto" if cs[0]["routed"] else "R")]
+        if cs[0]["routed"]:
+            rows.append((f"{m}@task_id", "R"))
+        secs = np.array([[p["seconds"] for p in c["per_task"]] for c in cs])
+        sec_mean, sec_ci = stats.mean_ci(secs)
+        for name, key in rows:
+            x = scores_array(cs, key)
+            arrays[name] = x
+            op, op_ci = stats.bootstrap(stats.op_stat, x, draws)
+            fg, fg_ci = stats.bootstrap(stats.forgetting_stat, x, draws)
+            final, diag = x[:, T - 1].mean(axis=-1).mean(axis=0), x[:, np.arange(T), np.arange(T)].mean(axis=-1).mean(0)
+            bwt = float(np.mean(final[: T - 1] - diag[: T - 1])) if T > 1 else 0.0
+            routing = [c["per_task"][-1]["routing_accuracy"] for c in cs] if name == m and cs[0]["routed"] else None
+            methods[name] = {
+                "op": round(op, 2),
+                "bwt_gem": round(bwt, 2),
+                "forgetting": round(fg, 2),
+                "seconds_per_task": round(sec_mean, 1),
+                "trainable_params": cs[0]["trainable_params"],
+                "stored_bytes": round(float(np.mean([c["stored_bytes"] for c in cs]))),
+                "routing_accuracy": None if routing is None else round(float(np.mean(routing)), 1),
+                "op_ci": op_ci,
+                "forgetting_ci": fg_ci,
+                "seconds_ci": sec_ci,
+            }
+    prof = PROFILES[(stream, profile)]
+    summary = {
+        "stream": stream,
+        "profile": profile,
+        "model": any_cell["model"],
+        "epochs": prof.epochs,
+        "seeds": common,
+        "methods": methods,
+    }
+    pairs = {}
+    for a in methods:
+        for b in methods:
+            if a == b:
+                continue
+            d, ci = stats.bootstrap_diff(stats.op_stat, arrays[a], arrays[b], draws)
+            pairs[f"{a} vs {b}"] = {"op_diff": round(d, 2), "op_diff_ci": ci, "verdict": stats.verdict(ci)}
+    tasks = [p["task"] for p in any_cell["per_task"]]
+    details = {
+        "tasks": tasks,
+        "n_test": n,
+        "profile": prof.__dict__,
+        "machine": any_cell["machine"],
+        "ewc_lambda": next((c["ewc_lambda"] for c in cells.get("ewc", {}).values()), None),
+        "pairs": pairs,
+        "runs": {
+            m: {
+                str(s): {
+                    "R": _means(c["R"]),
+                    "R_auto": None if c["R_auto"] is None else _means(c["R_auto"]),
+                    "wall_seconds": c["wall_seconds"],
+                    "per_task": c["per_task"],
+                }
+                for s, c in by_seed.items()
+                if s in common
+            }
+            for m, by_seed in cells.items()
+        },
+    }
+    return summary, details
+
+
+def _means(R: list[list[list[float]]]) -> list[list[float]]:
+    """Per-example scores -> the R matrix (lower triangle: task i after task t >= i)."""
+    return [[round(float(np.mean(ex)), 1) for ex in row] for row in R]
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    summary, details = summarise(args.out, args.stream, args.profile)
+    name = OUTPUT[args.stream] if args.profile != "smoke" else f"{OUTPUT[args.stream]}-smoke"
+    (args.out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / f"{name}.details.json").write_text(json.dumps(details, indent=1, default=str) + "\n")
+    from .plot import plot
+
+    plot(summary, details, args.out / f"{name}.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for cmd in ("run", "tune-ewc", "aggregate"):
+        p = sub.add_parser(cmd)
+        p.add_argument("--stream", choices=("wordnet", "mixed"), default="wordnet")
+        p.add_argument("--profile", choices=("smoke", "quick", "full"), default="quick")
+        p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+        p.add_argument("--model", default=DEFAULT_MODEL)
+        p.add_argument("--trace-root", type=Path, default=Path("../shared/data/trace-500"))
+        p.add_argument("--device", default="cpu", help="torch device, e.g. cuda for the full profile")
+        if cmd == "run":
+            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+            p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    args = ap.parse_args(argv)
+    {"run": cmd_run, "tune-ewc": cmd_tune_ewc, "aggregate": cmd_aggregate}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

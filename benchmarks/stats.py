@@ -1,0 +1,85 @@
+"""Intervals for benchmark claims: a paired bootstrap over seeds and test examples.
+
+Every method of a stream is scored on the same test examples, so one resample (which seeds,
+which examples of each task) is applied to all methods at once: the interval of a difference
+between two methods comes from the same resamples (paired), which is what "beats" needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+# X[s, t, i, e]: per-example score (percent) on task i after training task t, seed s, example e;
+# NaN where t < i (a task not yet trained).
+Scores = np.ndarray
+
+
+def op_and_forgetting(x: Scores) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed: OP (mean final score) and forgetting (mean over old tasks of the largest drop
+    from an earlier score to the final one). x: (S, T, T, n) -> (S,), (S,)."""
+    T = x.shape[1]
+    final = x[:, T - 1].mean(axis=-1)  # (S, T): the last row scores every task
+    op = final.mean(axis=1)
+    if T == 1:
+        return op, np.zeros_like(op)
+    drops = [x[:, i : T - 1, i].mean(axis=-1).max(axis=1) - final[:, i] for i in range(T - 1)]
+    return op, np.mean(drops, axis=0)
+
+
+def resamples(n_seeds: int, n_tasks: int, n_examples: int, b: int = 1000, seed: int = 0) -> list[tuple]:
+    """`b` (seed indices (S,), example indices per task (T, n)) drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_examples, (n_tasks, n_examples))) for _ in range(b)]
+
+
+def _take(x: Scores, seeds: np.ndarray, ex: np.ndarray) -> Scores:
+    x = x[seeds]  # (S, T, T, n)
+    idx = np.broadcast_to(ex[None, None, :, :], x.shape)  # same examples of task i in every row t
+    return np.take_along_axis(x, idx, axis=-1)
+
+
+def bootstrap(
+    stat: Callable[[Scores], float], x: Scores, draws: list[tuple], level: float = 0.95
+) -> tuple[float, list[float]]:
+    """(point estimate, [lo, hi]) of `stat` over the paired resamples."""
+    vals = np.array([stat(_take(x, s, e)) for s, e in draws])
+    lo, hi = np.percentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(stat(x)), [round(float(lo), 2), round(float(hi), 2)]
+
+
+def bootstrap_diff(
+    stat: Callable[[Scores], float], a: Scores, b: Scores, draws: list[tuple], level: float = 0.95
+) -> tuple[float, list[float]]:
+    """(stat(a) - stat(b), [lo, hi]) with the same resample applied to both (paired)."""
+    vals = np.array([stat(_take(a, s, e)) - stat(_take(b, s, e)) for s, e in draws])
+    lo, hi = np.percentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(stat(a) - stat(b)), [round(float(lo), 2), round(float(hi), 2)]
+
+
+def mean_ci(values: np.ndarray, b: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, list[float]]:
+    """Mean of seconds (S, T) with a bootstrap interval over seeds and tasks."""
+    rng = np.random.default_rng(seed)
+    s, t = values.shape
+    vals = [values[rng.integers(0, s, s)][:, rng.integers(0, t, t)].mean() for _ in range(b)]
+    lo, hi = np.percentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(values.mean()), [round(float(lo), 2), round(float(hi), 2)]
+
+
+def op_stat(x: Scores) -> float:
+    return float(op_and_forgetting(x)[0].mean())
+
+
+def forgetting_stat(x: Scores) -> float:
+    return float(op_and_forgetting(x)[1].mean())
+
+
+def verdict(diff_ci: list[float], higher_is_better: bool = True) -> str:
+    """'beats', 'loses' or 'tie' from the interval of a paired difference (a minus b)."""
+    lo, hi = diff_ci
+    if lo > 0:
+        return "beats" if higher_is_better else "loses"
+    if hi < 0:
+        return "loses" if higher_is_better else "beats"
+    return "tie"

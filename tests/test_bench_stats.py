@@ -1,0 +1,38 @@
+"""The benchmark's intervals: paired bootstrap verdicts on synthetic scores with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks import stats
+
+
+def matrix(final: list[float], diag: list[float], n: int = 200, seeds: int = 3) -> np.ndarray:
+    """Per-example 0/100 scores with the given final-row and diagonal accuracies."""
+    rng = np.random.default_rng(0)
+    T = len(final)
+    x = np.full((seeds, T, T, n), np.nan)
+    for t in range(T):
+        for i in range(t + 1):
+            p = final[i] if t == T - 1 else diag[i]
+            x[:, t, i] = (rng.random((seeds, n)) < p) * 100.0
+    return x
+
+
+def test_op_and_forgetting_match_their_definitions() -> None:
+    x = matrix([0.5, 0.5], [1.0, 1.0])
+    op, fg = stats.op_and_forgetting(x)
+    assert np.allclose(op, x[:, 1].mean(axis=(1, 2)))
+    assert np.all(fg > 40)  # task 0 fell from 100 to about 50
+
+
+def test_verdicts_follow_the_interval_of_the_paired_difference() -> None:
+    strong, weak = matrix([0.9, 0.9], [0.9, 0.9]), matrix([0.6, 0.6], [0.6, 0.6])
+    draws = stats.resamples(3, 2, 200, b=200)
+    d, ci = stats.bootstrap_diff(stats.op_stat, strong, weak, draws)
+    assert d > 20 and stats.verdict(ci) == "beats"
+    same = matrix([0.7, 0.7], [0.7, 0.7])
+    _, ci = stats.bootstrap_diff(stats.op_stat, same, same.copy(), draws)
+    assert ci == [0.0, 0.0] and stats.verdict(ci) == "tie"
+    _, ci = stats.bootstrap_diff(stats.op_stat, weak, strong, draws)
+    assert stats.verdict(ci) == "loses"

@@ -1,0 +1,205 @@
+"""`treelora`: a tree of layer-wise adapters. A new task descends the tree with a lower-confidence-
+bound bandit over probe-gradient signatures, shares its relative's blocks while they are similar
+enough, and trains only its own branch (earlier blocks frozen, so old tasks never change)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ..adapter_tree import ROOT, AdapterTree
+from ..errors import ConfigError, UnknownTaskError
+from ..models import Encoded
+from ..signatures import Prober, block_cosines, depth_weights, similarity
+from ..types import Path
+from .base import Context, Strategy, TrainSetup
+
+MIN_PULLS = 1  # one minibatch finds the nearest task for most tasks; LCB asks for more on close calls
+WARM_THRESHOLD = 0.3  # below this overall similarity a relative is no better than a fresh start
+
+Placement = Literal["search", "random", "always_share"]
+
+
+@dataclass
+class TreeConfig:
+    """How `treelora` places a new task in its tree of layer-wise adapters."""
+
+    share_threshold: float = 0.5  # min probe-gradient cosine with the relative to share a block
+    min_own_blocks: int = 10  # every task trains at least its last this many blocks itself
+    max_pulls: int = 4  # probe minibatches per task at most (LCB stops earlier on clear calls)
+    probe_batch: int = 8  # examples per probe minibatch (one "pull")
+    projection_dim: int = 256  # signatures are stored as fp16 random projections of this size
+    deep_weight: float = 2.0  # weight of the deepest block relative to the first in similarity
+    warm_start: bool = True  # initialise a new branch from its closest relative's adapters
+    share: bool = True  # False: every task owns every block (warm start only; an ablation)
+    # "search": LCB descent over signatures picks the relative, the share threshold the branch
+    # block; "random": a uniformly random earlier task, then the same branch rule; "always_share":
+    # a random earlier task, sharing all but the last `min_own_blocks` (the last two: ablations)
+    placement: Placement = "search"
+    cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
+    probe_seed: int = 1234  # seed of the shared probe A (same for every task, so comparable)
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.share_threshold <= 1.0:
+            raise ConfigError("share_threshold must be a cosine in [-1, 1]", param="share_threshold")
+        if self.min_own_blocks < 1:
+            raise ConfigError("min_own_blocks must be >= 1", param="min_own_blocks")
+        if self.max_pulls < 1 or self.probe_batch < 1:
+            raise ConfigError("max_pulls and probe_batch must be >= 1", param="max_pulls")
+        if self.placement not in ("search", "random", "always_share"):
+            raise ConfigError("placement must be search, random or always_share", param="placement")
+
+
+class TreeLoRA(Strategy):
+    name = "treelora"
+    needs_task_id = True
+    section = "tree"
+    Options = TreeConfig
+
+    def __init__(self, ctx: Context, options: Any = None) -> None:
+        super().__init__(ctx, options)
+        self.tc: TreeConfig = self.opts
+        self.tree = AdapterTree(0, self.n_blocks)
+        self.signatures: dict[str, torch.Tensor] = {}  # task -> (blocks, dim) fp16
+        self.prober = Prober(ctx, seed=self.tc.probe_seed, dim=self.tc.projection_dim, batch_size=self.tc.probe_batch)
+        self.weights = depth_weights(self.n_blocks, self.tc.deep_weight)
+        self.rng = random.Random(ctx.seed)
+        self._pending: torch.Tensor | None = None
+        self.comparisons = 0  # signature comparisons made by placement (for reports)
+
+    # -- placement ------------------------------------------------------------------------------
+    def _distances(self, pulls: torch.Tensor, task: str) -> torch.Tensor:
+        """Per-pull distance 1 - weighted similarity to `task`: (n,)."""
+        self.comparisons += len(pulls)
+        return torch.tensor([1.0 - similarity(p, self.signatures[task], self.weights) for p in pulls])
+
+    def _lcb(self, pulls: torch.Tensor, node: str) -> tuple[float, float, str]:
+        """(LCB, UCB, nearest member) of a subtree: its closest member, widened by the pull noise."""
+        best = None
+        for task in self.tree.members(node):
+            d = self._distances(pulls, task)
+            if best is None or d.mean() < best[0].mean():
+                best = (d, task)
+        assert best is not None
+        d, task = best
+        n = len(d)
+        t = len(self.tree.leaves) * n  # observations so far: every task compared with every pull
+        radius = max(float(d.std()) if n > 1 else 0.05, 0.02) * math.sqrt(2 * math.log(max(t, 2)) / n)
+        return float(d.mean()) - radius, float(d.mean()) + radius, task
+
+    def place(self, train: list[Encoded]) -> tuple[str | None, int, torch.Tensor | None, dict[str, Any]]:
+        """(relative, branch block, signature, report) for a new task."""
+        last_owned = max(self.tree.start, self.tree.end - self.tc.min_own_blocks)
+        if self.tc.placement == "always_share" and self.tree.leaves:
+            pick = self.rng.choice(list(self.tree.leaves))  # no probe at all: the cheapest rule
+            b = last_owned if self.tc.share else self.tree.start
+            return pick, b, None, {"relative": pick, "pulls": 0, "branch_at": b, "similarity": None}
+        pulls = self.prober.pulls(train, MIN_PULLS)
+        known = [t for t in self.tree.leaves if t in self.signatures]
+        if not known:
+            return None, self.tree.start, pulls.mean(0), {"pulls": len(pulls)}
+        relative: str | None
+        if self.tc.placement == "random":
+            relative = self.rng.choice(known)
+        else:
+            node = ROOT
+            while self.tree.nodes[node].task is None:
+                while True:
+                    scored = sorted((*self._lcb(pulls, c), c) for c in self.tree.nodes[node].children)
+                    clear = len(scored) == 1 or scored[0][1] <= scored[1][0]
+                    if clear or len(pulls) >= self.tc.max_pulls:
+                        break
+                    pulls = torch.cat([pulls, self.prober.pulls(train, 1, first=len(pulls))])
+                node = scored[0][3]
+            relative = self.tree.nodes[node].task
+        assert relative is not None
+        sig = pulls.mean(0)
+        cos = block_cosines(sig, self.signatures[relative])
+        shared = 0
+        for c in cos[self.tree.start :].tolist():
+            if c < self.tc.share_threshold:
+                break
+            shared += 1
+        b = min(self.tree.start + shared, last_owned) if self.tc.share else self.tree.start
+        sim = similarity(sig, self.signatures[relative], self.weights)
+        info = {
+            "relative": relative,
+            "similarity": round(sim, 4),
+            "pulls": len(pulls),
+            "block_cosines": [round(c, 3) for c in cos.tolist()],
+            "branch_at": b,
+        }
+        return relative, b, sig, info
+
+    # -- the three hooks ------------------------------------------------------------------------
+    def begin_task(self, name: str, train: list[Encoded]) -> TrainSetup:
+        relative, b, sig, info = self.place(train)
+        self._pending = sig
+        split = self.tree.insert(name, relative=relative if b > self.tree.start else None, branch_at=b)
+        if split.moved is not None:
+            old, new, blocks = split.moved
+            self.bank.rename(old, new, blocks)
+        own = range(b, self.tree.end)
+        self.bank.add(split.leaf, own, seed=self.ctx.seed)
+        sim = info.get("similarity")  # None: no probe was taken (always_share)
+        warm = relative is not None and self.tc.warm_start and (sim is None or sim >= WARM_THRESHOLD)
+        if warm:
+            assert relative is not None
+            rel_map = self.tree.block_map(relative)
+            for (blk, _), mod in self.bank.targets(own):
+                mod.lora_A[split.leaf].data.copy_(mod.lora_A[rel_map[blk]].data)
+                mod.lora_B[split.leaf].data.copy_(mod.lora_B[rel_map[blk]].data)
+        info.update(leaf=split.leaf, warm_start=warm, shared_blocks=b - self.tree.start)
+        return TrainSetup({split.leaf}, self.path(name), start_block=b, cache_prefix=self.tc.cache_prefix, info=info)
+
+    def end_task(self, name: str, train: list[Encoded]) -> None:
+        if self._pending is not None:  # always_share placements take no signature
+            self.signatures[name] = self._pending.half()
+        self._pending = None
+
+    def path(self, task: str | None) -> Path:
+        if task is None:
+            raise UnknownTaskError("treelora needs a task id or the router")
+        return {b: (n,) for b, n in self.tree.block_map(task).items()}
+
+    # -- views ----------------------------------------------------------------------------------
+    def tree_nodes(self) -> list[dict[str, Any]]:
+        nodes = []
+        for n in self.tree.nodes.values():
+            if n.parent is None:  # the virtual root covers no block
+                continue
+            nodes.append(
+                {
+                    "id": n.id,
+                    "lo": n.lo,
+                    "hi": n.hi,
+                    "parent": None if n.parent == ROOT else n.parent,
+                    "children": list(n.children),
+                    "task": n.task,
+                    "created_by": n.created_by,
+                    "members": self.tree.members(n.id),
+                }
+            )
+        return nodes
+
+    def similarities(self, tasks: list[str]) -> dict[str, dict[str, float]]:
+        sigs = self.signatures
+        names = [t for t in tasks if t in sigs]
+        return {a: {b: round(similarity(sigs[a], sigs[b], self.weights), 4) for b in names if b != a} for a in names}
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"tree": self.tree.to_json()}
+
+    def load_json(self, state: dict[str, Any]) -> None:
+        self.tree = AdapterTree.from_json(state["tree"])
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"sig.{t}": s for t, s in self.signatures.items()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.signatures = {k[4:]: v for k, v in tensors.items() if k.startswith("sig.")}
