@@ -30,27 +30,14 @@ STREAMS = {"wordnet": "continual", "mixed": "continual-mixed"}
 
 def tree_nodes(placements: list[dict[str, Any]], names: list[str], n_blocks: int) -> list[dict[str, Any]]:
     """Replay a run's placements into an AdapterTree; its nodes as `views.tree_view` lists them."""
-    tree = AdapterTree(0, n_blocks)
-    for name, p in zip(names, placements, strict=True):
-        b = p.get("branch_at", 0)
-        tree.insert(name, relative=p.get("relative") if b > 0 else None, branch_at=b)
-    return [
-        {
-            "id": n.id,
-            "parent": None if n.parent == "root" else n.parent,
-            "children": n.children,
-            "task": n.task,
-            "members": tree.members(n.id),
-        }
-        for n in tree.nodes.values()
-        if n.parent is not None
-    ]
+    return AdapterTree.replay(placements, names, n_blocks).view_nodes()
 
 
 def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) -> dict[str, Any]:
     tasks = load_stream(stream, PROFILES[(stream, "quick")], trace_root)
     details = json.loads((folder / f"{STREAMS[stream]}.details.json").read_text())
-    placements = [r["placement"] for r in details["runs"]["treelora"]["per_task"]]
+    seed_runs = details["runs"]["treelora"]
+    placements = [r["placement"] for r in seed_runs[min(seed_runs, key=int)]["per_task"]]
     nodes = tree_nodes(placements, [t.name for t in tasks], learner.bank.n_blocks)
     router = PrototypeRouter()
     for t in tqdm(tasks, desc=f"{stream}: prototypes", unit="task"):

@@ -20,22 +20,7 @@ PLACEMENTS = [
 
 
 def tree_nodes(placements: list[dict[str, Any]], names: list[str], n_blocks: int) -> list[dict[str, Any]]:
-    """Replay placements into an AdapterTree; its nodes as `views.tree_view` lists them."""
-    tree = AdapterTree(0, n_blocks)
-    for name, p in zip(names, placements, strict=True):
-        b = p.get("branch_at", 0)
-        tree.insert(name, relative=p.get("relative") if b > 0 else None, branch_at=b)
-    return [
-        {
-            "id": n.id,
-            "parent": None if n.parent == "root" else n.parent,
-            "children": n.children,
-            "task": n.task,
-            "members": tree.members(n.id),
-        }
-        for n in tree.nodes.values()
-        if n.parent is not None
-    ]
+    return AdapterTree.replay(placements, names, n_blocks).view_nodes()
 
 
 def test_replayed_tree_and_descent() -> None:

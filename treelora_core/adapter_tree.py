@@ -103,6 +103,33 @@ class AdapterTree:
         self.version += 1
         return Split(leaf.id, b, moved)
 
+    def view_nodes(self) -> list[dict[str, Any]]:
+        """Every node but the virtual root as plain data (block range, parent, children, owner,
+        creator, member tasks): what tree views, routing and reports read."""
+        return [
+            {
+                "id": n.id,
+                "lo": n.lo,
+                "hi": n.hi,
+                "parent": None if n.parent == ROOT else n.parent,
+                "children": list(n.children),
+                "task": n.task,
+                "created_by": n.created_by,
+                "members": self.members(n.id),
+            }
+            for n in self.nodes.values()
+            if n.parent is not None
+        ]
+
+    @classmethod
+    def replay(cls, placements: list[dict[str, Any]], names: list[str], n_blocks: int) -> AdapterTree:
+        """The tree that a run's placements (`relative`, `branch_at` per task, in order) built."""
+        tree = cls(0, n_blocks)
+        for name, p in zip(names, placements, strict=True):
+            b = p.get("branch_at", 0)
+            tree.insert(name, relative=p.get("relative") if b > 0 else None, branch_at=b)
+        return tree
+
     def to_json(self) -> dict[str, Any]:
         return {
             "start": self.start,

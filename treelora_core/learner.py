@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from .errors import Cancelled, StateError, UnknownTaskError
 from .lora import LoRABank, plans_for_rows
 from .metrics import example_scores
 from .models import Encoded, Formatter, load_base
+from .reports import TaskReport
 from .router import PrototypeRouter
 from .strategies import make_strategy, strategy_class
 from .types import Path
@@ -31,19 +32,6 @@ Progress = Callable[[dict[str, Any]], None]
 def twice_differentiable(enabled: bool) -> AbstractContextManager[None]:
     """Attention through the math kernel, whose backward can itself be differentiated."""
     return sdpa_kernel(SDPBackend.MATH) if enabled else nullcontext()
-
-
-@dataclass
-class TaskReport:
-    name: str
-    seconds: float
-    epochs_run: int
-    steps: int
-    trainable_params: int
-    final_train_loss: float
-    val_losses: list[float]
-    placement: dict[str, Any] = field(default_factory=dict)
-    phase_seconds: dict[str, float] = field(default_factory=dict)  # place, train, validate, finish
 
 
 @dataclass

@@ -5,10 +5,12 @@ through its states; `worker.runner` does the learning in between."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from treelora_core.reports import TaskReport
 
 from ..enums import JobState
 from ..models import Adapter, Job, Stream, Task, TreeVersion
@@ -43,21 +45,7 @@ def job_input(*, session: Session, job_id: str) -> JobInput:
     )
 
 
-class TrainingReport(Protocol):
-    """What `job_report` reads of the engine's `TaskReport` (the services do not import the
-    engine's learner: it brings torch)."""
-
-    seconds: float
-    epochs_run: int
-    steps: int
-    trainable_params: int
-    final_train_loss: float
-    val_losses: list[float]
-    placement: dict[str, Any]
-    phase_seconds: dict[str, float]
-
-
-def job_report(*, report: TrainingReport) -> dict[str, Any]:
+def job_report(*, report: TaskReport) -> dict[str, Any]:
     """`Job.report` and the `task.learned` event's data."""
     return {
         "seconds": round(report.seconds, 2),

@@ -168,23 +168,7 @@ class TreeLoRA(Strategy):
 
     # -- views ----------------------------------------------------------------------------------
     def tree_nodes(self) -> list[dict[str, Any]]:
-        nodes = []
-        for n in self.tree.nodes.values():
-            if n.parent is None:  # the virtual root covers no block
-                continue
-            nodes.append(
-                {
-                    "id": n.id,
-                    "lo": n.lo,
-                    "hi": n.hi,
-                    "parent": None if n.parent == ROOT else n.parent,
-                    "children": list(n.children),
-                    "task": n.task,
-                    "created_by": n.created_by,
-                    "members": self.tree.members(n.id),
-                }
-            )
-        return nodes
+        return self.tree.view_nodes()
 
     def similarities(self, tasks: list[str]) -> dict[str, dict[str, float]]:
         sigs = self.signatures
