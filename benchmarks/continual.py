@@ -36,6 +36,7 @@ from treelora_core.batching import collate
 from treelora_core.config import StreamConfig, config_from_dict
 from treelora_core.data import MIXED_STREAM, Task, load_trace, load_wordnet
 from treelora_core.learner import ContinualLearner
+from treelora_core.metrics import example_scores
 from treelora_core.models import DEFAULT_MODEL, load_base
 
 from . import stats
@@ -116,6 +117,23 @@ def warm_up(base: Any, tok: Any, tasks: list[Task], profile: Profile) -> None:
                 p.grad = None
 
 
+def auto_scores(learner: ContinualLearner, task: Task, with_id: list[float]) -> tuple[list[float], int]:
+    """Per-example scores with `task="auto"` and the number routed right. A row routed to its own
+    task decodes exactly as with the true id (greedy decoding of a row does not depend on the
+    rest of its batch, a tested property), so only the misrouted rows are generated again."""
+    prompts = [e.prompt for e in task.test]
+    routes = [name for name, _ in learner.resolve(prompts, "auto")]
+    wrong = [k for k, name in enumerate(routes) if name != task.name]
+    scores = list(with_id)
+    if wrong:
+        paths = [learner.path_for(routes[k]) for k in wrong]
+        preds = learner.generate([prompts[k] for k in wrong], paths, max_new_tokens=learner.answer_budget(task))
+        refs = [task.test[k].completion for k in wrong]
+        for k, sc in zip(wrong, example_scores(preds, refs, task.metric), strict=True):
+            scores[k] = sc
+    return scores, len(prompts) - len(wrong)
+
+
 def run_cell(method: str, cfg: StreamConfig, base: Any, tok: Any, tasks: list[Task]) -> dict[str, Any]:
     learner = ContinualLearner(copy.deepcopy(base), tok, cfg)
     routed = learner.strategy.needs_task_id
@@ -127,14 +145,14 @@ def run_cell(method: str, cfg: StreamConfig, base: Any, tok: Any, tasks: list[Ta
     for t, task in enumerate(bar):
         rep = learner.learn(task)
         R.append([learner.evaluate_examples(tasks[i], "task_id" if routed else "auto") for i in range(t + 1)])
-        if routed:
-            R_auto.append([learner.evaluate_examples(tasks[i], "auto") for i in range(t + 1)])
         hits = total = 0
         if routed:
-            for old in tasks[: t + 1]:
-                routes = learner.resolve([e.prompt for e in old.test], "auto")
-                hits += sum(r == old.name for r, _ in routes)
-                total += len(routes)
+            row = []
+            for i, old in enumerate(tasks[: t + 1]):
+                scores, right = auto_scores(learner, old, R[-1][i])
+                row.append(scores)
+                hits, total = hits + right, total + len(scores)
+            R_auto.append(row)
         per_task.append(
             {
                 "task": task.name,
@@ -183,6 +201,8 @@ def _setup(args: argparse.Namespace) -> tuple[Profile, list[Task], Any, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     prof, tasks, base, tok = _setup(args)
     folder = cells_dir(args.out, args.stream, args.profile)
     lam = ewc_lambda(args.out, args.stream, args.profile)
@@ -358,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--device", default="cpu", help="torch device, e.g. cuda for the full profile")
         if cmd == "run":
             p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+            p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
             p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = ap.parse_args(argv)
     {"run": cmd_run, "tune-ewc": cmd_tune_ewc, "aggregate": cmd_aggregate}[args.cmd](args)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from treelora_core import views
 from treelora_core.config import StreamConfig, TrainConfig
 from treelora_core.data import load_wordnet
 from treelora_core.export import export_peft
@@ -50,10 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         R.append([learner.evaluate(t, "auto") for t in tasks[: len(R) + 1]])
         tqdm.write(f"  scores (auto routing): {[round(x, 1) for x in R[-1]]}")
     tqdm.write(json.dumps({k: (round(v, 2) if v is not None else None) for k, v in summarize(R).items()}))
-    tree = getattr(learner.strategy, "tree", None)
-    if tree is not None:
+    if learner.strategy.needs_task_id:
         for name in learner.task_names:
-            tqdm.write(f"path of {name}: " + " -> ".join(f"{n.id}[{n.lo},{n.hi})" for n in tree.path(name)))
+            segments = views.path_segments(learner, name)
+            tqdm.write(
+                f"path of {name}: " + " -> ".join(f"{'+'.join(s['adapters'])}[{s['lo']},{s['hi']})" for s in segments)
+            )
     prompt = tasks[0].test[0].prompt
     pred = learner.predict([prompt], task="auto")[0]
     tqdm.write(f"predict(auto): {pred.text!r} via {pred.task} (confidence {pred.confidence})")

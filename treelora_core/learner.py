@@ -283,9 +283,11 @@ class ContinualLearner:
         else:
             routes = self.resolve(prompts, task.name if mode == "task_id" else "auto")
             paths = [self.path_for(t) for t, _ in routes]
-        # room for the longest training answer (plus end token), so short answers decode fast; the
-        # test answers are never read before scoring
-        longest = max(len(self.fmt.completion_ids(e.completion)) for e in task.train)
-        n = max_new_tokens or min(longest + 1, 64 if task.metric == "rouge_l" else 16)
-        preds = self.generate(prompts, paths, max_new_tokens=n)
+        preds = self.generate(prompts, paths, max_new_tokens=max_new_tokens or self.answer_budget(task))
         return example_scores(preds, [e.completion for e in task.test], task.metric)
+
+    def answer_budget(self, task: Task) -> int:
+        """New tokens to generate when scoring a task: room for the longest training answer plus
+        the end token, so short answers decode fast (the test answers are never read)."""
+        longest = max(len(self.fmt.completion_ids(e.completion)) for e in task.train)
+        return min(longest + 1, 64 if task.metric == "rouge_l" else 16)
