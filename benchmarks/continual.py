@@ -144,7 +144,10 @@ def run_cell(method: str, cfg: StreamConfig, base: Any, tok: Any, tasks: list[Ta
     bar = tqdm(tasks, desc=method, unit="task", leave=False)
     for t, task in enumerate(bar):
         rep = learner.learn(task)
-        R.append([learner.evaluate_examples(tasks[i], "task_id" if routed else "auto") for i in range(t + 1)])
+        if learner.strategy.frozen_paths and R:  # old tasks answer exactly as before: score the new one
+            R.append([*(list(r) for r in R[-1]), learner.evaluate_examples(task, "task_id")])
+        else:
+            R.append([learner.evaluate_examples(tasks[i], "task_id" if routed else "auto") for i in range(t + 1)])
         hits = total = 0
         if routed:
             row = []

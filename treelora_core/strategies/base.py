@@ -61,6 +61,9 @@ class NoOptions:
 class Strategy:
     name: ClassVar[str] = "base"
     needs_task_id: ClassVar[bool] = False  # True: a path per task, so inference needs an id or a router
+    # True: a learned task's path never changes again (its outputs stay bit-identical, tested), so
+    # re-scoring an old task by its id after later tasks gives the same scores
+    frozen_paths: ClassVar[bool] = False
     section: ClassVar[str | None] = None  # stream-config field that holds `Options` (None: no knobs)
     Options: ClassVar[type] = NoOptions
 

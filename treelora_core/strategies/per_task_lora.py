@@ -17,6 +17,7 @@ from .base import Context, Strategy, TrainSetup
 class PerTaskLoRA(Strategy):
     name = "per_task_lora"
     needs_task_id = True
+    frozen_paths = True
 
     def __init__(self, ctx: Context, options: Any = None) -> None:
         super().__init__(ctx, options)

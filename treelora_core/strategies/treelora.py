@@ -58,6 +58,7 @@ class TreeLoRA(Strategy):
     name = "treelora"
     needs_task_id = True
     section = "tree"
+    frozen_paths = True
     Options = TreeConfig
 
     def __init__(self, ctx: Context, options: Any = None) -> None:
