@@ -57,7 +57,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
-EWC_GRID = (1e2, 1e3, 1e4, 1e5)  # lambda candidates for `tune-ewc`
+EWC_GRID = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)  # lambda candidates for `tune-ewc`
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,10 @@ def cells_dir(out: Path, stream: str, profile: str) -> Path:
 
 def ewc_lambda(out: Path, stream: str, profile: str) -> float | None:
     path = cells_dir(out, stream, profile) / "ewc-lambda.json"
-    return float(json.loads(path.read_text())["chosen"]) if path.exists() else None
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    return float(doc["chosen"]) if doc.get("complete") else None  # a tune still running chooses nothing
 
 
 def _setup(args: argparse.Namespace) -> tuple[Profile, list[Task], Any, Any]:
@@ -235,18 +238,21 @@ def cmd_tune_ewc(args: argparse.Namespace) -> None:
     validation loss over both tasks' held-out validation splits after the second task (the
     validation splits never train; the test sets are not read)."""
     prof, tasks, base, tok = _setup(args)
-    results = {}
-    for lam in tqdm(EWC_GRID, desc="ewc lambda"):
+    folder = cells_dir(args.out, args.stream, args.profile)
+    path = folder / "ewc-lambda.json"
+    results = json.loads(path.read_text())["validation_losses"] if path.exists() else {}  # resumes
+    for lam in tqdm([v for v in EWC_GRID if str(v) not in results], desc="ewc lambda"):
         cfg = method_config("ewc", prof, 0, lam)
         learner = ContinualLearner(copy.deepcopy(base), tok, cfg)
         for task in tasks[:2]:
             learner.learn(task)
         results[str(lam)] = [round(learner.validation_loss(t), 4) for t in tasks[:2]]
-    chosen = min(EWC_GRID, key=lambda v: float(np.mean(results[str(v)])))
-    folder = cells_dir(args.out, args.stream, args.profile)
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = {"grid": list(EWC_GRID), "validation_losses": results, "chosen": chosen, "rule": cmd_tune_ewc.__doc__}
-    (folder / "ewc-lambda.json").write_text(json.dumps(doc, indent=1) + "\n")
+        chosen = min((float(v) for v in results), key=lambda v: float(np.mean(results[str(v)])))
+        complete = all(str(v) in results for v in EWC_GRID)
+        doc = {"grid": list(EWC_GRID), "validation_losses": results, "chosen": chosen, "complete": complete}
+        doc["rule"] = cmd_tune_ewc.__doc__
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1) + "\n")  # after each lambda, so a stop loses little
 
 
 def _machine() -> str:
@@ -275,18 +281,19 @@ def scores_array(cells: list[dict[str, Any]], key: str) -> np.ndarray:
 
 
 def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(summary, details) over the seeds every listed method has finished."""
+    """(summary, details). Each method is summarised over the seeds it has finished (listed per
+    method); a paired difference uses the seeds both methods have."""
     cells = load_cells(out, stream, profile)
-    common = sorted(set.intersection(*(set(v) for v in cells.values()))) if cells else []
-    if not common:
-        raise SystemExit(f"no seed has every method's cell under {cells_dir(out, stream, profile)}")
-    any_cell = next(iter(cells.values()))[common[0]]
+    if not cells:
+        raise SystemExit(f"no finished cell under {cells_dir(out, stream, profile)}")
+    any_cell = next(iter(next(iter(cells.values())).values()))
     T, n = len(any_cell["R"]), len(any_cell["R"][0][0])
-    draws = stats.resamples(len(common), T, n)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, dict[int, np.ndarray]] = {}  # row name -> seed -> (1, T, T, n)
     methods: dict[str, Any] = {}
     for m, by_seed in cells.items():
-        cs = [by_seed[s] for s in common]
+        seeds = sorted(by_seed)
+        cs = [by_seed[s] for s in seeds]
+        draws = stats.resamples(len(seeds), T, n)
         rows = [(m, "R_auto" if cs[0]["routed"] else "R")]
         if cs[0]["routed"]:
             rows.append((f"{m}@task_id", "R"))
@@ -294,7 +301,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         sec_mean, sec_ci = stats.mean_ci(secs)
         for name, key in rows:
             x = scores_array(cs, key)
-            arrays[name] = x
+            arrays[name] = {s: x[k : k + 1] for k, s in enumerate(seeds)}
             op, op_ci = stats.bootstrap(stats.op_stat, x, draws)
             fg, fg_ci = stats.bootstrap(stats.forgetting_stat, x, draws)
             final, diag = x[:, T - 1].mean(axis=-1).mean(axis=0), x[:, np.arange(T), np.arange(T)].mean(axis=-1).mean(0)
@@ -311,6 +318,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
                 "op_ci": op_ci,
                 "forgetting_ci": fg_ci,
                 "seconds_ci": sec_ci,
+                "seeds": seeds,
             }
     prof = PROFILES[(stream, profile)]
     summary = {
@@ -318,16 +326,24 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         "profile": profile,
         "model": any_cell["model"],
         "epochs": prof.epochs,
-        "seeds": common,
+        "seeds": sorted({s for by_seed in cells.values() for s in by_seed}),
         "methods": methods,
     }
     pairs = {}
     for a in methods:
         for b in methods:
-            if a == b:
+            common = sorted(set(arrays[a]) & set(arrays[b]))
+            if a == b or not common:
                 continue
-            d, ci = stats.bootstrap_diff(stats.op_stat, arrays[a], arrays[b], draws)
-            pairs[f"{a} vs {b}"] = {"op_diff": round(d, 2), "op_diff_ci": ci, "verdict": stats.verdict(ci)}
+            xa = np.concatenate([arrays[a][s] for s in common])
+            xb = np.concatenate([arrays[b][s] for s in common])
+            d, ci = stats.bootstrap_diff(stats.op_stat, xa, xb, stats.resamples(len(common), T, n))
+            pairs[f"{a} vs {b}"] = {
+                "op_diff": round(d, 2),
+                "op_diff_ci": ci,
+                "verdict": stats.verdict(ci),
+                "seeds": common,
+            }
     tasks = [p["task"] for p in any_cell["per_task"]]
     details = {
         "tasks": tasks,
@@ -345,7 +361,6 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
                     "per_task": c["per_task"],
                 }
                 for s, c in by_seed.items()
-                if s in common
             }
             for m, by_seed in cells.items()
         },

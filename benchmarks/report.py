@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 HEAD = (
-    "| method | OP [95% CI] | BWT (GEM) | forgetting [95% CI] | s/task [95% CI] | x per_task | trainable "
+    "| method | seeds | OP [95% CI] | BWT (GEM) | forgetting [95% CI] | s/task [95% CI] | x per_task | trainable "
     "| stored KiB | routing % |"
 )
 REF = "per_task_lora@task_id"  # the time reference: an independent LoRA per task, all blocks
@@ -23,12 +23,12 @@ def _ci(v: float, ci: list[float] | None, fmt: str = ".1f") -> str:
 
 def _table(methods: dict[str, Any]) -> list[str]:
     ref = methods.get(REF, {}).get("seconds_per_task")
-    rows = [HEAD, "|" + "---|" * 9]
+    rows = [HEAD, "|" + "---|" * 10]
     for name, m in methods.items():
         ratio = f"{m['seconds_per_task'] / ref:.2f}" if ref else "-"
         routing = "-" if m["routing_accuracy"] is None else f"{m['routing_accuracy']:.1f}"
         rows.append(
-            f"| {name} | {_ci(m['op'], m.get('op_ci'))} | {m['bwt_gem']:+.1f} | "
+            f"| {name} | {len(m.get('seeds', [])) or '-'} | {_ci(m['op'], m.get('op_ci'))} | {m['bwt_gem']:+.1f} | "
             f"{_ci(m['forgetting'], m.get('forgetting_ci'))} | "
             f"{_ci(m['seconds_per_task'], m.get('seconds_ci'), '.0f')} "
             f"| {ratio} | {m['trainable_params']:,} | {m['stored_bytes'] / 1024:,.0f} | {routing} |"
@@ -71,7 +71,7 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
         f"`{command}`",
         "",
         f"Model {summary['model']}, at most {summary['epochs']} epochs with early stopping on held-out training "
-        f"examples (patience 1), profile {summary['profile']}, seeds {seeds} ({details['machine']}); "
+        f"examples (patience 1), profile {summary['profile']}, seeds {seeds} so far ({details['machine']}); "
         f"{details['n_test']} test examples per task. Intervals: 95% bootstrap over seeds and test examples.",
         "",
         "Tasks in order: " + ", ".join(details["tasks"]) + ".",
@@ -88,14 +88,14 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
         'Paired differences in OP (a minus b, same seeds and test examples); "beats" only where the '
         "interval excludes zero:",
         "",
-        "| a | b | OP a - b [95% CI] | verdict |",
-        "|---|---|---|---|",
+        "| a | b | seeds | OP a - b [95% CI] | verdict |",
+        "|---|---|---|---|---|",
     ]
     pairs = details.get("pairs", {})
     for a, b in TARGET_PAIRS:
         p = pairs.get(f"{a} vs {b}")
         if p:
-            out.append(f"| {a} | {b} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} |")
+            out.append(f"| {a} | {b} | {len(p['seeds'])} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} |")
     out.append("")
     tl = details["runs"].get("treelora", {}).get(str(seeds[0]))
     if tl:

@@ -37,7 +37,7 @@ def test_smoke_benchmark_writes_the_documented_shape(tmp_path) -> None:  # type:
     assert summary["seeds"] == [0]
     assert set(summary["methods"]) == {"treelora", "treelora@task_id", "seq_lora"}
     for name, m in summary["methods"].items():
-        assert set(m) == KEYS
+        assert set(m) == KEYS | {"seeds"}
         assert 0 <= m["op"] <= 100 and m["seconds_per_task"] > 0
         assert m["op_ci"][0] <= m["op"] <= m["op_ci"][1]
         assert (m["routing_accuracy"] is None) == (name != "treelora")
