@@ -21,11 +21,18 @@ class StreamCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="unique; letters, digits, '.', '_' or '-'", examples=["support-tickets"])
     base_model: str | None = Field(default=None, description="a model this service offers (default SmolLM2)")
-    strategy: str = Field(default="treelora", description="treelora, treelora_paper, seq_lora, o_lora, ...")
+    strategy: str = Field(
+        default="treelora",
+        description="treelora, treelora_paper, seq_lora, ewc, o_lora, per_task_lora or lora_top",
+    )
     lora: dict[str, Any] | None = Field(default=None, examples=[{"r": 8, "alpha": 32}])
     train: dict[str, Any] | None = Field(default=None, examples=[{"epochs": 3, "lr": 0.001}])
-    tree: dict[str, Any] | None = None
-    paper: dict[str, Any] | None = None
+    # each method's own knobs (see docs/treelora.md); a section of another method is accepted and unused
+    tree: dict[str, Any] | None = Field(default=None, examples=[{"min_own_blocks": 10}])
+    paper: dict[str, Any] | None = Field(default=None, examples=[{"reg_lambda": 0.5}])
+    ewc: dict[str, Any] | None = Field(default=None, examples=[{"lam": 100000.0}])
+    o_lora: dict[str, Any] | None = Field(default=None, examples=[{"lam": 0.5}])
+    lora_top: dict[str, Any] | None = Field(default=None, examples=[{"own_blocks": 10}])
     chat_template: bool = False
 
 

@@ -17,7 +17,8 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 @router.post("", status_code=201, response_model=StreamOut)
 def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep) -> StreamOut:
-    config = {k: v for k, v in body.model_dump(include={"lora", "train", "tree", "paper"}).items() if v is not None}
+    sections = {"lora", "train", "tree", "paper", "ewc", "o_lora", "lora_top"}
+    config = {k: v for k, v in body.model_dump(include=sections).items() if v is not None}
     stream = streams.create_stream(
         session=session,
         settings=settings,
