@@ -57,6 +57,26 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
+# the paired comparisons the targets name (a, b): OP of a minus OP of b
+TARGET_PAIRS = (
+    ("treelora", "per_task_lora"),
+    ("treelora", "lora_top"),
+    ("treelora", "seq_lora"),
+    ("treelora", "o_lora"),
+    ("treelora", "ewc"),
+    ("treelora", "treelora_paper"),
+    ("treelora@task_id", "per_task_lora@task_id"),
+    ("treelora@task_id", "lora_top@task_id"),
+    ("treelora", "treelora[no_warm]"),
+    ("treelora", "treelora[no_share]"),
+    ("treelora", "treelora[random_relative]"),
+    ("treelora", "treelora[always_share]"),
+    ("per_task_lora", "lora_top"),
+    ("treelora_paper", "seq_lora"),
+    ("treelora_paper", "treelora_paper[no_penalty]"),
+    ("treelora_paper", "treelora_paper[random_search]"),
+    ("ewc", "seq_lora"),
+)
 EWC_GRID = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)  # lambda candidates for `tune-ewc`
 
 
@@ -330,11 +350,9 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         "methods": methods,
     }
     pairs = {}
-    for a in methods:
-        for b in methods:
-            common = sorted(set(arrays[a]) & set(arrays[b]))
-            if a == b or not common:
-                continue
+    for a, b in TARGET_PAIRS:
+        common = sorted(set(arrays.get(a, {})) & set(arrays.get(b, {})))
+        if common:
             xa = np.concatenate([arrays[a][s] for s in common])
             xb = np.concatenate([arrays[b][s] for s in common])
             d, ci = stats.bootstrap_diff(stats.op_stat, xa, xb, stats.resamples(len(common), T, n))

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .continual import TARGET_PAIRS
+
 HEAD = (
     "| method | seeds | OP [95% CI] | BWT (GEM) | forgetting [95% CI] | s/task [95% CI] | x per_task | trainable "
     "| stored KiB | routing % |"
@@ -34,27 +36,6 @@ def _table(methods: dict[str, Any]) -> list[str]:
             f"| {ratio} | {m['trainable_params']:,} | {m['stored_bytes'] / 1024:,.0f} | {routing} |"
         )
     return rows
-
-
-# the comparisons the targets name: (a, b) -> the verdict on OP from the paired interval
-TARGET_PAIRS = (
-    ("treelora", "per_task_lora"),
-    ("treelora", "lora_top"),
-    ("treelora", "seq_lora"),
-    ("treelora", "o_lora"),
-    ("treelora", "ewc"),
-    ("treelora", "treelora_paper"),
-    ("treelora@task_id", "per_task_lora@task_id"),
-    ("treelora@task_id", "lora_top@task_id"),
-    ("treelora", "treelora[no_warm]"),
-    ("treelora", "treelora[no_share]"),
-    ("treelora", "treelora[random_relative]"),
-    ("treelora", "treelora[always_share]"),
-    ("treelora_paper", "seq_lora"),
-    ("treelora_paper", "treelora_paper[no_penalty]"),
-    ("treelora_paper", "treelora_paper[random_search]"),
-    ("ewc", "seq_lora"),
-)
 
 
 def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -> None:
