@@ -12,7 +12,6 @@ import copy
 import threading
 from typing import Any
 
-import safetensors.torch as st
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -71,12 +70,8 @@ def latest_version(*, settings: Settings, stream: Stream) -> TreeVersion:
 
 
 def load_router(*, store: BlobStore, manifest: dict[str, Any]) -> PrototypeRouter:
-    """A version's task router alone, without a model: its task names are in the manifest
-    (`persist.to_parts`), its prototypes in the extras blob under `router/`."""
-    extras = st.load(store.get(manifest["extras"]))
-    router = PrototypeRouter()
-    router.load(manifest["router"], {k[7:]: v for k, v in extras.items() if k.startswith("router/")})
-    return router
+    """A version's task router alone, without a model."""
+    return persist.router_from_parts(manifest, store.get)
 
 
 def load_task(*, store: BlobStore, task: Task) -> TaskData:

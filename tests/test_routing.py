@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -19,12 +18,8 @@ PLACEMENTS = [
 ]
 
 
-def tree_nodes(placements: list[dict[str, Any]], names: list[str], n_blocks: int) -> list[dict[str, Any]]:
-    return AdapterTree.replay(placements, names, n_blocks).view_nodes()
-
-
 def test_replayed_tree_and_descent() -> None:
-    nodes = tree_nodes(PLACEMENTS, ["a", "b", "c", "d"], n_blocks=4)
+    nodes = AdapterTree.replay(PLACEMENTS, ["a", "b", "c", "d"], n_blocks=4).view_nodes()
     tops = [n for n in nodes if n["parent"] is None]
     assert sorted(sorted(n["members"]) for n in tops) == [["a", "b"], ["c", "d"]]
     router = PrototypeRouter(per_task=1)

@@ -194,8 +194,7 @@ def test_olora_adapters_start_from_independent_inits(tiny_learner) -> None:  # t
 
 def test_lora_top_trains_only_the_last_blocks(tiny_learner) -> None:  # type: ignore[no-untyped-def]
     learner = tiny_learner("lora_top")
-    learner.cfg.lora_top.own_blocks = 2
-    learner.strategy.opts.own_blocks = 2
+    learner.cfg.lora_top.own_blocks = 2  # the strategy's options are this section
     report = learner.learn(TASKS[0])
     assert learner.bank.blocks_of("alpha") == [2, 3]
     assert learner.path_for("alpha") == {2: ("alpha",), 3: ("alpha",)}

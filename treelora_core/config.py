@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .lora import LoraConfig
-from .strategies import REGISTRY, STRATEGIES
+from .strategies import REGISTRY, strategy_class
 from .strategies.ewc import EWCOptions
 from .strategies.o_lora import OLoRAOptions
 from .strategies.per_task_lora import LoraTopOptions
@@ -53,10 +53,7 @@ class StreamConfig:
     lora_top: LoraTopOptions = field(default_factory=LoraTopOptions)
 
     def __post_init__(self) -> None:
-        if self.strategy not in REGISTRY:
-            raise ConfigError(
-                f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}", param="strategy"
-            )
+        strategy_class(self.strategy)  # an unknown name is a ConfigError naming the choices
 
 
 def strategy_options(cfg: StreamConfig) -> Any:

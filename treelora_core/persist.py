@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .config import config_from_dict
 from .errors import StateError
 from .learner import ContinualLearner
+from .router import PrototypeRouter
 
 FORMAT = 1
 
@@ -47,8 +48,20 @@ def _restore(learner: ContinualLearner, meta: dict[str, Any], extras: dict[str, 
     learner.bank.set_trainable(set())
     learner.strategy.load_json(meta["strategy"])
     learner.strategy.load_tensors({k[9:]: v for k, v in extras.items() if k.startswith("strategy/")})
-    learner.router.load(meta["router"], {k[7:]: v for k, v in extras.items() if k.startswith("router/")})
+    learner.router.load(meta["router"], _router_tensors(extras))
     learner.task_names, learner.metrics = list(meta["tasks"]), dict(meta["metrics"])
+
+
+def _router_tensors(extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[7:]: v for k, v in extras.items() if k.startswith("router/")}
+
+
+def router_from_parts(manifest: dict[str, Any], fetch: Callable[[str], bytes]) -> PrototypeRouter:
+    """A version's task router alone, without a model: task names from the manifest, prototypes
+    from the extras blob (what `to_parts` wrote)."""
+    router = PrototypeRouter()
+    router.load(manifest["router"], _router_tensors(st.load(fetch(manifest["extras"]))))
+    return router
 
 
 def _check_format(meta: dict[str, Any]) -> None:
