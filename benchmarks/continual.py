@@ -180,6 +180,7 @@ def run_cell(method: str, cfg: StreamConfig, base: Any, tok: Any, tasks: list[Ta
             {
                 "task": task.name,
                 "seconds": round(rep.seconds, 2),
+                "thread_cpu_seconds": round(rep.thread_cpu_seconds, 2),
                 "epochs": rep.epochs_run,
                 "steps": rep.steps,
                 "trainable_params": rep.trainable_params,
@@ -288,6 +289,14 @@ def load_cells(out: Path, stream: str, profile: str) -> dict[str, dict[int, dict
     return cells
 
 
+def task_seconds(cell: dict[str, Any], task: dict[str, Any]) -> float:
+    """Training seconds of one task: the training thread's CPU time when the cell ran on one torch
+    thread and recorded it (so a busy machine does not inflate it), else wall time; with one thread
+    on an idle machine the two agree."""
+    cpu = task.get("thread_cpu_seconds")
+    return float(cpu) if cpu and cell["machine"].split(", ")[1].startswith("1 torch thread") else float(task["seconds"])
+
+
 def scores_array(cells: list[dict[str, Any]], key: str) -> np.ndarray:
     """(S, T, T, n) per-example scores, NaN where a task was not yet trained."""
     first = cells[0][key]
@@ -317,7 +326,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         rows = [(m, "R_auto" if cs[0]["routed"] else "R")]
         if cs[0]["routed"]:
             rows.append((f"{m}@task_id", "R"))
-        secs = np.array([[p["seconds"] for p in c["per_task"]] for c in cs])
+        secs = np.array([[task_seconds(c, p) for p in c["per_task"]] for c in cs])
         sec_mean, sec_ci = stats.mean_ci(secs)
         for name, key in rows:
             x = scores_array(cs, key)

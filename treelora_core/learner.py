@@ -128,7 +128,7 @@ class ContinualLearner:
         if task.name in self.task_names:
             raise StateError(f"task {task.name!r} is already learned")
         tc = self.cfg.train
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         phases = {"place": 0.0, "train": 0.0, "validate": 0.0, "finish": 0.0}
         g = torch.Generator().manual_seed(tc.seed + len(self.task_names))
         train, val = self.split(task, g)
@@ -206,6 +206,7 @@ class ContinualLearner:
             val_losses,
             setup.info,
             {k: round(v, 2) for k, v in phases.items()},
+            time.thread_time() - c0,
         )
 
     def stored_bytes(self) -> int:

@@ -17,3 +17,6 @@ class TaskReport:
     val_losses: list[float]
     placement: dict[str, Any] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)  # place, train, validate, finish
+    # CPU time of the calling thread over the same span: with one torch thread it equals `seconds`
+    # on an idle machine and, unlike wall time, does not grow when other processes share the cores
+    thread_cpu_seconds: float = 0.0
