@@ -100,6 +100,52 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     out += [f"![{title}](benchmarks/{name}.png)", ""]
 
 
+LONG_CMD = "python -m benchmarks.long_stream run --seeds 0 && python -m benchmarks.long_stream aggregate"
+
+
+def _long_stream(out: list[str], folder: Path) -> None:
+    """The long stream with task families (written by `benchmarks.long_stream`)."""
+    out += ["## Long stream: 20 tasks in 4 families", "", f"`{LONG_CMD}`", ""]
+    path = folder / "long-stream.json"
+    if not path.exists():
+        out += ["Not run yet.", ""]
+        return
+    data = json.loads(path.read_text())
+    st = data["setup"]
+    fams = sorted(set(data["families"]))
+    out += [
+        f"{len(data['tasks'])} WordNet tasks in {len(fams)} families ({', '.join(fams)}; see "
+        f"`benchmarks/families.py`), arriving interleaved; {st['n_train']} training and {st['n_test']} test "
+        f"examples per task, at most {st['epochs']} epochs with the continual benchmark's stopping rule. "
+        "OP and forgetting are over all tasks at the end (with routing for methods that need a task id); "
+        "seconds are per task, first five tasks against last five; bytes are what the method stores after "
+        "the last task; comparisons are the placement's signature comparisons for the last task; routing "
+        "is over every task's test prompts. Seeds listed per row.",
+        "",
+        "| method | seeds | OP | OP with task id | forgetting | s/task (N 1-5) | s/task (N 16-20) | stored MB "
+        "| comparisons (N=20) | routing % | tree ARI vs families | shared blocks within / across |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, by_seed in data["methods"].items():
+        runs = list(by_seed.values())
+
+        def mean(f: Any, runs: list[dict[str, Any]] = runs) -> float:
+            return float(sum(f(r) for r in runs) / len(runs))
+
+        tree = runs[0]["tree"]
+        ra = runs[0]["final_routing_accuracy"]
+        depths = "-" if tree is None else f"{tree['shared_depth_within']} / {tree['shared_depth_across']}"
+        out.append(
+            f"| {m} | {', '.join(by_seed)} | {mean(lambda r: r['op']):.1f} | {mean(lambda r: r['op_task_id']):.1f} | "
+            f"{mean(lambda r: r['forgetting']):.1f} | {mean(lambda r: sum(r['seconds'][:5]) / 5):.0f} | "
+            f"{mean(lambda r: sum(r['seconds'][-5:]) / 5):.0f} | {mean(lambda r: r['stored_bytes'][-1]) / 1e6:.1f} | "
+            f"{mean(lambda r: r['comparisons'][-1]):.0f} | {'-' if ra is None else f'{ra:.1f}'} | "
+            f"{'-' if tree is None else tree['ari']} | "
+            f"{depths} |"
+        )
+    out += ["", "![long stream](benchmarks/long-stream.png)", ""]
+
+
 SERVING_CMD = "python -m benchmarks.serving"
 
 
@@ -192,6 +238,7 @@ def render(folder: Path, suffix: str = "") -> str:
         "python -m benchmarks.continual run --stream mixed --seeds 0 1 2 --trace-root ../shared/data/trace-500 && "
         "python -m benchmarks.continual aggregate --stream mixed",
     )
+    _long_stream(out, folder)
     ts = folder / "tree_search.json"
     out += ["## Tree search", "", "`python -m benchmarks.tree_search`", ""]
     if ts.exists():

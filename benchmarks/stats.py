@@ -83,3 +83,23 @@ def verdict(diff_ci: list[float], higher_is_better: bool = True) -> str:
     if hi < 0:
         return "loses" if higher_is_better else "beats"
     return "tie"
+
+
+def adjusted_rand(a: list, b: list) -> float:
+    """Adjusted Rand index of two labelings of the same items (1: identical groupings, about 0:
+    as similar as chance)."""
+    from math import comb
+
+    pairs: dict[tuple, int] = {}
+    for x, y in zip(a, b, strict=True):
+        pairs[(x, y)] = pairs.get((x, y), 0) + 1
+    rows: dict = {}
+    cols: dict = {}
+    for (x, y), k in pairs.items():
+        rows[x] = rows.get(x, 0) + k
+        cols[y] = cols.get(y, 0) + k
+    index = sum(comb(k, 2) for k in pairs.values())
+    sum_rows, sum_cols = sum(comb(k, 2) for k in rows.values()), sum(comb(k, 2) for k in cols.values())
+    expected = sum_rows * sum_cols / comb(len(a), 2)
+    top = (sum_rows + sum_cols) / 2
+    return 1.0 if top == expected else (index - expected) / (top - expected)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
+from .wordnet import LEXNAMES, WORDNET_DIR, glosses_by_class
 
 METRICS = ("exact_match", "rouge_l")
 MAX_FIELD_CHARS = 20_000  # one prompt or completion; longer text is a client mistake, not data
@@ -50,6 +51,11 @@ def _record(obj: object, line: int, max_chars: int | None = MAX_FIELD_CHARS) -> 
         raise DataError('"prompt" and "completion" must not be empty', line=line)
     if max_chars is not None and max(len(prompt), len(completion)) > max_chars:
         raise DataError(f"example longer than {max_chars} characters", line=line)
+    for key, text in (("prompt", prompt), ("completion", completion)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800": no character at all
+            raise DataError(f'"{key}" holds an unpaired surrogate escape (\\ud800-\\udfff)', line=line) from None
     return Example(prompt=prompt, completion=completion)
 
 
@@ -79,7 +85,9 @@ def parse_records(
             raise DataError(f"more than {max_records} records")
         return [_record(obj, i + 1, max_chars) for i, obj in enumerate(items)]
     out: list[Example] = []
-    for i, raw in enumerate(text.splitlines(), start=1):
+    # records end at "\n" only (a trailing "\r" is JSON whitespace): U+2028, U+0085 and the other
+    # characters `str.splitlines` breaks at are legal inside a JSON string
+    for i, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -147,17 +155,6 @@ def load_trace(
 
 # --- WordNet supersenses ----------------------------------------------------------------------
 
-WORDNET_DIR = Path("/usr/share/wordnet")  # Debian package wordnet-base
-# Lexicographer files (WordNet's 45 supersenses) by number; noun classes give clean label words.
-LEXNAMES = (
-    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
-    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
-    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
-    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
-    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
-    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather "
-    "adj.ppl"
-).split()
 WORDNET_CLASSES = (
     ("animal", "plant", "food", "body"),
     ("artifact", "location", "person", "group"),
@@ -171,19 +168,7 @@ WORDNET_TEMPLATE = "Classify the dictionary definition into one of: {labels}.\nD
 
 def wordnet_glosses(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
     """Noun glosses grouped by supersense (the label word after 'noun.')."""
-    path = Path(root) / "data.noun"
-    if not path.exists():
-        raise DataError(f"{path} not found: install the Debian package wordnet-base")
-    groups: dict[str, list[str]] = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith(" ") or "|" not in line:
-            continue
-        head, gloss = line.split("|", 1)
-        lex = LEXNAMES[int(head.split()[1])]
-        gloss = gloss.split(";")[0].strip()  # the definition, without the usage examples
-        if lex.startswith("noun.") and len(gloss) > 10:
-            groups.setdefault(lex[5:], []).append(gloss)
-    return groups
+    return glosses_by_class("noun", root)
 
 
 def wordnet_label_sets(n: int, seed: int = 0, size: int = 4) -> tuple[tuple[str, ...], ...]:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from ..adapter_tree import ROOT, AdapterTree
+from ..bounds import bounded, check_bounds
 from ..errors import ConfigError, UnknownTaskError
 from ..models import Encoded
 from ..signatures import Prober, block_cosines, depth_weights, similarity
@@ -28,12 +29,12 @@ Placement = Literal["search", "random", "always_share"]
 class TreeConfig:
     """How `treelora` places a new task in its tree of layer-wise adapters."""
 
-    share_threshold: float = 0.5  # min probe-gradient cosine with the relative to share a block
-    min_own_blocks: int = 10  # every task trains at least its last this many blocks itself
-    max_pulls: int = 4  # probe minibatches per task at most (LCB stops earlier on clear calls)
-    probe_batch: int = 8  # examples per probe minibatch (one "pull")
-    projection_dim: int = 256  # signatures are stored as fp16 random projections of this size
-    deep_weight: float = 2.0  # weight of the deepest block relative to the first in similarity
+    share_threshold: float = bounded(0.5, ge=-1, le=1)  # min probe-gradient cosine with the relative to share a block
+    min_own_blocks: int = bounded(10, ge=1, le=1024)  # every task trains at least its last this many blocks itself
+    max_pulls: int = bounded(4, ge=1, le=64)  # probe minibatches per task at most (LCB stops earlier on clear calls)
+    probe_batch: int = bounded(8, ge=1, le=256)  # examples per probe minibatch (one "pull")
+    projection_dim: int = bounded(256, ge=1, le=4096)  # signatures are stored as fp16 random projections of this size
+    deep_weight: float = bounded(2.0, ge=0, le=100)  # weight of the deepest block relative to the first in similarity
     warm_start: bool = True  # initialise a new branch from its closest relative's adapters
     share: bool = True  # False: every task owns every block (warm start only; an ablation)
     # "search": LCB descent over signatures picks the relative, the share threshold the branch
@@ -41,15 +42,11 @@ class TreeConfig:
     # a random earlier task, sharing all but the last `min_own_blocks` (the last two: ablations)
     placement: Placement = "search"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
-    probe_seed: int = 1234  # seed of the shared probe A (same for every task, so comparable)
+    # seed of the shared probe A (same for every task, so comparable)
+    probe_seed: int = bounded(1234, ge=0, le=2**32 - 1)
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.share_threshold <= 1.0:
-            raise ConfigError("share_threshold must be a cosine in [-1, 1]", param="share_threshold")
-        if self.min_own_blocks < 1:
-            raise ConfigError("min_own_blocks must be >= 1", param="min_own_blocks")
-        if self.max_pulls < 1 or self.probe_batch < 1:
-            raise ConfigError("max_pulls and probe_batch must be >= 1", param="max_pulls")
+        check_bounds(self)
         if self.placement not in ("search", "random", "always_share"):
             raise ConfigError("placement must be search, random or always_share", param="placement")
 
@@ -138,7 +135,9 @@ class TreeLoRA(Strategy):
 
     # -- the three hooks ------------------------------------------------------------------------
     def begin_task(self, name: str, train: list[Encoded]) -> TrainSetup:
+        before = self.comparisons
         relative, b, sig, info = self.place(train)
+        info["comparisons"] = self.comparisons - before  # signature comparisons this placement made
         self._pending = sig
         split = self.tree.insert(name, relative=relative if b > self.tree.start else None, branch_at=b)
         if split.moved is not None:

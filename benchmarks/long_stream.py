@@ -1,0 +1,268 @@
+"""The long stream (20 WordNet tasks in 4 families, `benchmarks.families`): how accuracy, cost,
+bytes, placement and routing grow with the number of tasks N, and whether the tree's shape
+follows the families.
+
+    python -m benchmarks.long_stream run --seeds 0          # the missing cells (resumable)
+    python -m benchmarks.long_stream aggregate              # docs/benchmarks/long-stream.json + .png
+
+A cell is one method learning the whole stream with one seed (`cells/long-quick/seed<k>/<m>.json`).
+The same budget and stopping rule as the continual benchmark (`benchmarks.continual`). After each
+task the new task is scored (the diagonal of R, what "forgetting" compares against); every old
+task is scored again at the checkpoints N = 5, 10, 15, 20 (a method whose old paths are frozen
+is not re-scored: its old answers cannot change). Routing accuracy over every task so far is
+measured after each task on all their test prompts (only the frozen base model runs for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from treelora_core.config import StreamConfig
+from treelora_core.learner import ContinualLearner
+from treelora_core.models import DEFAULT_MODEL, load_base
+
+from . import stats
+from .continual import METHODS, Profile, _machine, auto_scores, method_config, task_seconds, warm_up
+from .families import FamilyTask, family_stream
+
+PROFILES = {
+    "quick": Profile(20, 96, 60, 4, 64),
+    "smoke": Profile(6, 24, 4, 1, 48),  # the first six tasks; checks the pipeline, numbers mean nothing
+}
+CHECKPOINTS = (5, 10, 15, 20)
+DEFAULT_METHODS = (
+    "treelora",
+    "per_task_lora",
+    "lora_top",
+    "o_lora",
+    "seq_lora",
+    "treelora[random_relative]",
+    "treelora[always_share]",
+)
+
+
+def _row(
+    learner: ContinualLearner, tasks: list[FamilyTask], t: int, routed: bool, diag: list[list[float]]
+) -> tuple[list[list[float]], list[list[float]] | None]:
+    """Scores of every task so far after task t: (with the task id, with routing)."""
+    if learner.strategy.frozen_paths:
+        with_id = [list(d) for d in diag[: t + 1]]  # frozen paths: the scores at learn time still hold
+    else:
+        with_id = [learner.evaluate_examples(ft.task, "task_id" if routed else "auto") for ft in tasks[: t + 1]]
+    if not routed:
+        return with_id, None
+    return with_id, [auto_scores(learner, ft.task, with_id[i])[0] for i, ft in enumerate(tasks[: t + 1])]
+
+
+def tree_shape(learner: ContinualLearner, tasks: list[FamilyTask]) -> dict[str, Any] | None:
+    """The tree's grouping against the families: adjusted Rand index of "which subtree under the
+    root" vs "which family", and mean shared depth (blocks on a common node) within and across."""
+    nodes = learner.strategy.tree_nodes()
+    if not nodes or not all("members" in n and "lo" in n for n in nodes):
+        return None  # no tree of layer-wise adapters
+    names = [ft.task.name for ft in tasks]
+    top = [n for n in nodes if n["parent"] is None]
+    group = {member: k for k, n in enumerate(top) for member in n["members"]}
+    within: list[int] = []
+    across: list[int] = []
+    for a in range(len(tasks)):
+        for b in range(a + 1, len(tasks)):
+            depth = sum(n["hi"] - n["lo"] for n in nodes if names[a] in n["members"] and names[b] in n["members"])
+            (within if tasks[a].family == tasks[b].family else across).append(depth)
+    return {
+        "ari": round(stats.adjusted_rand([group[n] for n in names], [ft.family for ft in tasks]), 3),
+        "subtrees": len(top),
+        "shared_depth_within": round(float(np.mean(within)), 2),
+        "shared_depth_across": round(float(np.mean(across)), 2),
+        "groups": {n: group[n] for n in names},
+    }
+
+
+def run_cell(method: str, cfg: StreamConfig, base: Any, tok: Any, tasks: list[FamilyTask]) -> dict[str, Any]:
+    learner = ContinualLearner(copy.deepcopy(base), tok, cfg)
+    routed = learner.strategy.needs_task_id
+    t0 = time.time()
+    diag: list[list[float]] = []
+    rows: dict[int, dict[str, Any]] = {}
+    test_emb: list[torch.Tensor] = []
+    per_task = []
+    for t, ft in enumerate(tqdm(tasks, desc=method, unit="task", leave=False)):
+        rep = learner.learn(ft.task)
+        diag.append(learner.evaluate_examples(ft.task, "task_id" if routed else "auto"))
+        if t + 1 in CHECKPOINTS or t + 1 == len(tasks):
+            with_id, with_routing = _row(learner, tasks, t, routed, diag)
+            rows[t + 1] = {"R": with_id, "R_auto": with_routing}
+        routing = None
+        if routed:
+            test_emb.append(learner.embed([e.prompt for e in ft.task.test]))
+            picks = learner.router.route(torch.cat(test_emb))
+            truth = [x.task.name for x in tasks[: t + 1] for _ in x.task.test]
+            routing = round(100.0 * np.mean([p == y for (p, _), y in zip(picks, truth, strict=True)]), 2)
+        per_task.append(
+            {
+                "task": ft.task.name,
+                "family": ft.family,
+                "seconds": round(rep.seconds, 2),
+                "thread_cpu_seconds": round(rep.thread_cpu_seconds, 2),
+                "epochs": rep.epochs_run,
+                "placement": rep.placement,
+                "comparisons": int(rep.placement.get("comparisons", 0)),
+                "stored_bytes": learner.stored_bytes(),
+                "routing_accuracy": routing,
+            }
+        )
+    return {
+        "method": method,
+        "strategy": cfg.strategy,
+        "seed": cfg.train.seed,
+        "routed": routed,
+        "families": [ft.family for ft in tasks],
+        "diag": diag,
+        "rows": {str(k): v for k, v in rows.items()},
+        "per_task": per_task,
+        "tree": tree_shape(learner, tasks),
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+
+
+def cells_dir(out: Path, profile: str) -> Path:
+    return out / "cells" / f"long-{profile}"
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prof = PROFILES[args.profile]
+    tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
+    folder = cells_dir(args.out, args.profile)
+    todo = [
+        (s, m)
+        for s in args.seeds
+        for m in args.methods[s % len(args.methods) :] + args.methods[: s % len(args.methods)]
+        if not (folder / f"seed{s}" / f"{m}.json").exists()
+    ]
+    if not todo:
+        return
+    base, tok = load_base(args.model, device=args.device)
+    warm_up(base, tok, [ft.task for ft in tasks], prof)
+    for seed, m in tqdm(todo, desc="cells long", unit="cell"):
+        cell = run_cell(m, method_config(m, prof, seed), base, tok, tasks)
+        cell.update(profile=args.profile, model=args.model, machine=_machine())
+        path = folder / f"seed{seed}" / f"{m}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cell) + "\n")
+        os.replace(tmp, path)
+
+
+def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """OP (with routing where the method needs an id), forgetting and the per-N curves of one cell."""
+    T = len(cell["diag"])
+    final = cell["rows"][str(T)]
+    key = "R_auto" if cell["routed"] else "R"
+    final_scores = [float(np.mean(x)) for x in final[key]]
+    seen = {i: [float(np.mean(cell["diag"][i]))] for i in range(T)}  # every score observed before the end
+    for n, row in cell["rows"].items():
+        if int(n) < T:
+            for i, x in enumerate(row["R"]):
+                seen[i].append(float(np.mean(x)))
+    forgetting = float(np.mean([max(seen[i]) - final_scores[i] for i in range(T - 1)]))
+    op_by_n = {n: round(float(np.mean([np.mean(x) for x in row[key]])), 2) for n, row in cell["rows"].items()}
+    return {
+        "op": round(float(np.mean(final_scores)), 2),
+        "op_task_id": round(float(np.mean([np.mean(x) for x in final["R"]])), 2),
+        "forgetting": round(forgetting, 2),
+        "op_by_n": op_by_n,
+        "seconds": [round(task_seconds(cell, p), 1) for p in cell["per_task"]],
+        "stored_bytes": [p["stored_bytes"] for p in cell["per_task"]],
+        "comparisons": [p["comparisons"] for p in cell["per_task"]],
+        "routing_accuracy": [p["routing_accuracy"] for p in cell["per_task"]],
+        "final_routing_accuracy": cell["per_task"][-1]["routing_accuracy"],
+        "tree": cell["tree"],
+    }
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    folder = cells_dir(args.out, args.profile)
+    cells: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted(folder.glob("seed*/*.json")):
+        c = json.loads(path.read_text())
+        cells.setdefault(c["method"], {})[c["seed"]] = c
+    if not cells:
+        raise SystemExit(f"no finished cell under {folder}")
+    methods = {m: {str(s): summarise_cell(c) for s, c in sorted(by.items())} for m, by in cells.items()}
+    any_cell = next(iter(next(iter(cells.values())).values()))
+    summary = {
+        "profile": args.profile,
+        "setup": PROFILES[args.profile].__dict__,
+        "model": any_cell["model"],
+        "machine": any_cell["machine"],
+        "tasks": [p["task"] for p in any_cell["per_task"]],
+        "families": any_cell["families"],
+        "checkpoints": sorted(int(n) for n in any_cell["rows"]),
+        "methods": methods,
+    }
+    name = "long-stream" if args.profile == "quick" else f"long-stream-{args.profile}"
+    (args.out / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, args.out / f"{name}.png")
+
+
+def plot(summary: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    panels = (
+        ("seconds", "training seconds per task"),
+        ("stored_bytes", "stored MB (cumulative)"),
+        ("comparisons", "placement signature comparisons"),
+        ("routing_accuracy", "routing accuracy so far (%)"),
+    )
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for m, by_seed in summary["methods"].items():
+            series = [s[key] for s in by_seed.values()]
+            if any(v is None for v in series[0]):
+                continue  # routing accuracy of a method that needs no task id
+            y = np.mean(np.array(series, dtype=float), axis=0)
+            if key == "stored_bytes":
+                y = y / 1e6
+            ax.plot(range(1, len(y) + 1), y, marker=".", label=m)
+        ax.set_title(title)
+        ax.set_xlabel("tasks learned (N)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for cmd in ("run", "aggregate"):
+        p = sub.add_parser(cmd)
+        p.add_argument("--profile", choices=tuple(PROFILES), default="quick")
+        p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+        p.add_argument("--model", default=DEFAULT_MODEL)
+        p.add_argument("--device", default="cpu")
+        if cmd == "run":
+            p.add_argument("--seeds", type=int, nargs="+", default=[0])
+            p.add_argument("--threads", type=int, default=None)
+            p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
+    args = ap.parse_args(argv)
+    {"run": cmd_run, "aggregate": cmd_aggregate}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
