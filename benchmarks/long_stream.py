@@ -4,6 +4,7 @@ follows the families.
 
     python -m benchmarks.long_stream run --seeds 0          # the missing cells (resumable)
     python -m benchmarks.long_stream aggregate              # docs/benchmarks/long-stream.json + .png
+    python -m benchmarks.long_stream signatures             # do block cosines separate the families?
 
 A cell is one method learning the whole stream with one seed (`cells/long-quick/seed<k>/<m>.json`).
 The same budget and stopping rule as the continual benchmark (`benchmarks.continual`). After each
@@ -30,6 +31,8 @@ from tqdm import tqdm
 from treelora_core.config import StreamConfig
 from treelora_core.learner import ContinualLearner
 from treelora_core.models import DEFAULT_MODEL, load_base
+from treelora_core.signatures import Prober
+from treelora_core.strategies.treelora import TreeConfig
 
 from . import stats
 from .continual import METHODS, Profile, _machine, auto_scores, method_config, task_seconds, warm_up
@@ -247,10 +250,60 @@ def plot(summary: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def cmd_signatures(args: argparse.Namespace) -> None:
+    """Every task's probe-gradient signature (as `treelora` takes it, but from `--pulls`
+    minibatches), then per block the mean cosine between tasks of the same family and of
+    different families, the same cosine after removing the mean signature of all tasks, and a
+    task's agreement with itself (two halves of its pulls): can placement tell relatives from
+    strangers, and at which depth?"""
+    import torch.nn.functional as F
+
+    prof = PROFILES[args.profile]
+    tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
+    base, tok = load_base(args.model, device=args.device)
+    learner = ContinualLearner(base, tok, method_config("seq_lora", prof, 0))
+    tc = TreeConfig()  # treelora's probe: the same seeded point, projection and minibatch size
+    prober = Prober(learner, seed=tc.probe_seed, dim=tc.projection_dim, batch_size=tc.probe_batch)
+    pulls = torch.stack([prober.pulls(learner.encode(ft.task.train), args.pulls) for ft in tqdm(tasks)]).float()
+    fam = [ft.family for ft in tasks]
+    n = len(tasks)
+
+    def block_cos(sig: torch.Tensor) -> torch.Tensor:  # (N, blocks, dim) -> (N, N, blocks)
+        return F.cosine_similarity(sig[:, None], sig[None, :], dim=-1)
+
+    mean = pulls.mean(1)
+    same = torch.tensor([[fam[i] == fam[j] and i != j for j in range(n)] for i in range(n)])
+    other = torch.tensor([[fam[i] != fam[j] for j in range(n)] for i in range(n)])
+    raw, centred = block_cos(mean), block_cos(mean - mean.mean(0, keepdim=True))
+    half = args.pulls // 2
+    own = F.cosine_similarity(pulls[:, :half].mean(1), pulls[:, half:].mean(1), dim=-1)  # (N, blocks)
+    weights = torch.linspace(1.0, 2.0, raw.shape[-1])
+
+    def nearest_same_family(c: torch.Tensor) -> int:
+        sim = (c * weights).sum(-1) / weights.sum()
+        sim.fill_diagonal_(-9.0)
+        return sum(fam[i] == fam[int(sim[i].argmax())] for i in range(n))
+
+    out = {
+        "tasks": [ft.task.name for ft in tasks],
+        "families": fam,
+        "pulls": args.pulls,
+        "within_family": [round(float(v), 3) for v in raw[same].mean(0)],
+        "across_family": [round(float(v), 3) for v in raw[other].mean(0)],
+        "within_family_centred": [round(float(v), 3) for v in centred[same].mean(0)],
+        "across_family_centred": [round(float(v), 3) for v in centred[other].mean(0)],
+        "self_agreement": [round(float(v), 3) for v in own.mean(0)],
+        "nearest_is_same_family": nearest_same_family(raw),
+        "nearest_is_same_family_centred": nearest_same_family(centred),
+        "rule": cmd_signatures.__doc__,
+    }
+    (args.out / "long-stream-signatures.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for cmd in ("run", "aggregate"):
+    for cmd in ("run", "aggregate", "signatures"):
         p = sub.add_parser(cmd)
         p.add_argument("--profile", choices=tuple(PROFILES), default="quick")
         p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
@@ -260,8 +313,10 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--seeds", type=int, nargs="+", default=[0])
             p.add_argument("--threads", type=int, default=None)
             p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
+        if cmd == "signatures":
+            p.add_argument("--pulls", type=int, default=4, help="probe minibatches per task")
     args = ap.parse_args(argv)
-    {"run": cmd_run, "aggregate": cmd_aggregate}[args.cmd](args)
+    {"run": cmd_run, "aggregate": cmd_aggregate, "signatures": cmd_signatures}[args.cmd](args)
 
 
 if __name__ == "__main__":
