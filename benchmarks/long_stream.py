@@ -169,7 +169,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:
-    """OP (with routing where the method needs an id), forgetting and the per-N curves of one cell."""
+    """OP (with routing where the method needs an id), forgetting (the largest drop of an old task's
+    score from any earlier measurement to the end, all with the task id, so routing errors count
+    in OP and not here) and the per-N curves of one cell."""
     T = len(cell["diag"])
     final = cell["rows"][str(T)]
     key = "R_auto" if cell["routed"] else "R"
@@ -179,7 +181,8 @@ def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:
         if int(n) < T:
             for i, x in enumerate(row["R"]):
                 seen[i].append(float(np.mean(x)))
-    forgetting = float(np.mean([max(seen[i]) - final_scores[i] for i in range(T - 1)]))
+    final_with_id = [float(np.mean(x)) for x in final["R"]]  # forgetting compares like with like: task id
+    forgetting = float(np.mean([max(seen[i]) - final_with_id[i] for i in range(T - 1)]))
     op_by_n = {n: round(float(np.mean([np.mean(x) for x in row[key]])), 2) for n, row in cell["rows"].items()}
     return {
         "op": round(float(np.mean(final_scores)), 2),
