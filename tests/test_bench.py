@@ -48,3 +48,23 @@ def test_smoke_benchmark_writes_the_documented_shape(tmp_path) -> None:  # type:
     doc = tmp_path / "benchmarks.md"
     report.main(["--folder", str(tmp_path), "--out", str(doc), "--suffix=-smoke"])
     assert "| treelora |" in doc.read_text()
+
+
+def test_long_stream_smoke_reports_cost_routing_and_tree_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import long_stream
+
+    common = ["--profile", "smoke", "--out", str(tmp_path)]
+    long_stream.main(["run", *common, "--methods", "treelora", "seq_lora"])
+    long_stream.main(["aggregate", *common])
+    summary = json.loads((tmp_path / "long-stream-smoke.json").read_text())
+    assert summary["checkpoints"] == [4] and len(summary["families"]) == 4
+    tree = summary["methods"]["treelora"]["0"]
+    seq = summary["methods"]["seq_lora"]["0"]
+    assert tree["forgetting"] == 0.0  # frozen paths: an old task answers as it did
+    assert len(tree["seconds"]) == len(tree["stored_bytes"]) == 4
+    assert tree["stored_bytes"] == sorted(tree["stored_bytes"])  # one adapter more per task
+    assert tree["comparisons"][0] == 0 and sum(tree["comparisons"]) > 0
+    assert all(r is not None for r in tree["routing_accuracy"]) and seq["routing_accuracy"] == [None] * 4
+    assert tree["tree"]["subtrees"] >= 1 and -1.0 <= tree["tree"]["ari"] <= 1.0
+    assert seq["tree"] is None
+    assert (tmp_path / "long-stream-smoke.png").exists()
