@@ -43,3 +43,13 @@ class Conflict(ServiceError):
 
 class TooLarge(ServiceError):
     status, code = 413, "too_large"
+
+
+class Gone(ServiceError):
+    status, code = 410, "gone"
+
+
+class Internal(ServiceError):
+    """The service failed, not the request; the cause is logged where it happened."""
+
+    status, code = 500, "internal"

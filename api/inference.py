@@ -21,10 +21,10 @@ from treelora_core.export import export_peft
 from treelora_core.learner import ContinualLearner
 from treelora_core.serving import AdapterPool, GenParams, Server
 
-from .errors import Conflict, Invalid
+from .errors import Conflict, Gone, Invalid
 from .learners import base_model, load_learner
 from .models import Stream, TreeVersion
-from .serving import Batcher, Request, ServedCache, check_inputs
+from .serving import Batcher, Request, ServedCache, check_choices, check_inputs
 from .settings import Routing, Settings
 from .storage import BlobStore
 
@@ -59,21 +59,33 @@ class Inference:
             "batched_rows": self.batcher.rows,
         }
 
-    def _request(self, stream: Stream, task: str, inputs: list[str], **kw: Any) -> Request:
-        """A request on the stream's latest committed version, as read when it arrived."""
+    def _request(
+        self, stream: Stream, task: str, inputs: list[str], retired: frozenset[str] = frozenset(), **kw: Any
+    ) -> Request:
+        """A request on the stream's latest committed version, as read when it arrived; `retired`:
+        the tasks auto routing leaves out. The body is checked first: a bad one is 422 whatever
+        the stream's state."""
+        check_inputs(self.settings, inputs)
         if stream.tree_version == 0:
             raise Conflict(f"stream {stream.name!r} has learned no task yet", code="not_ready")
-        check_inputs(self.settings, inputs)
-        return Request(self.served.get(stream), inputs, task, **kw)
+        served = self.served.get(stream)
+        retired = retired & set(served.paths)
+        if task == "auto" and retired and not set(served.paths) - retired:
+            raise Gone(f"every task of stream {stream.name!r} is retired: none to route to", code="task_retired")
+        return Request(served, inputs, task, retired=retired, **kw)
 
-    def predict(self, stream: Stream, task: str, inputs: list[str], **gen: Any) -> dict[str, Any]:
+    def predict(
+        self, stream: Stream, task: str, inputs: list[str], retired: frozenset[str] = frozenset(), **gen: Any
+    ) -> dict[str, Any]:
         s = self.settings
         if gen["max_new_tokens"] > s.max_new_tokens_limit:
             raise Invalid(f"max_new_tokens must be at most {s.max_new_tokens_limit}", param="max_new_tokens")
         routing = gen.pop("routing") or s.routing
         min_conf = gen.pop("min_confidence")
         conf = s.route_min_confidence if min_conf is None else min_conf
-        req = self._request(stream, task, inputs, params=GenParams(**gen), routing=routing, min_confidence=conf)
+        req = self._request(
+            stream, task, inputs, retired, params=GenParams(**gen), routing=routing, min_confidence=conf
+        )
         return {"tree_version": req.served.version, "predictions": self.batcher.submit(req)}
 
     def score(
@@ -84,10 +96,14 @@ class Inference:
         choices: list[str],
         min_confidence: float | None = None,
         routing: Routing | None = None,
+        retired: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         s = self.settings
+        check_choices(s, choices)
         conf = s.route_min_confidence if min_confidence is None else min_confidence
-        req = self._request(stream, task, inputs, choices=choices, routing=routing or s.routing, min_confidence=conf)
+        req = self._request(
+            stream, task, inputs, retired, choices=choices, routing=routing or s.routing, min_confidence=conf
+        )
         return {"tree_version": req.served.version, "results": self.batcher.submit(req)}
 
     def adapter_archive(self, stream: Stream, tv: TreeVersion, task: str) -> bytes:

@@ -20,7 +20,7 @@ from treelora_core.config import config_from_dict
 from treelora_core.data import Task as TaskData
 from treelora_core.data import parse_records
 from treelora_core.learner import ContinualLearner
-from treelora_core.models import load_base
+from treelora_core.models import base_linear_names, load_base
 from treelora_core.router import PrototypeRouter
 
 from .db import session_factory
@@ -46,6 +46,12 @@ def base_model(settings: Settings, name: str) -> tuple[PreTrainedModel, PreTrain
         if name not in _BASES:
             _BASES[name] = load_base(settings.model_choices().get(name), device=device_for(settings))
         return _BASES[name]
+
+
+def linear_names(settings: Settings, name: str) -> frozenset[str]:
+    """The Linear layers a stream on base model `name` may adapt (`lora.target_modules`), read
+    from the model's config alone (no weights are loaded)."""
+    return base_linear_names(settings.model_choices().get(name))
 
 
 def load_learner(

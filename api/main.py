@@ -10,11 +10,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .body_limit import BodyLimit
 from .errors import ServiceError, error_body
 from .inference import Inference, widen_threadpool
-from .routes import health, jobs, streams, trees
+from .live import LiveEvents
+from .routes import health, jobs, pages, streams, trees
+from .schemas import with_limits
 from .settings import Settings, get_settings
 from .storage import make_store
 
@@ -35,19 +40,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.store = make_store(settings)
         app.state.inference = Inference(settings, app.state.store)
+        app.state.live = LiveEvents(settings.db_url)  # one poller for every live event stream
         health.DB_COLLECTOR.settings = settings
         health.DB_COLLECTOR.inference = app.state.inference
         widen_threadpool()
         yield
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts and styles served by the app: they work offline
+    app = FastAPIOffline(
         title="TreeLoRA continual fine-tuning",
         version="0.1.0",
         description="POST tasks as they arrive; each is learned with TreeLoRA without forgetting the others.",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's host
     )
-    for r in (streams.router, trees.router, jobs.router, health.router):
+    for r in (streams.router, trees.router, jobs.router, health.router, pages.router):
         app.include_router(r)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
+    plain_openapi = app.openapi
+    app.openapi = lambda: with_limits(plain_openapi(), settings)  # type: ignore[method-assign]
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -74,22 +85,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", exc_info=exc)
         return _error(500, "internal", "internal error; it has been logged")
 
-    @app.middleware("http")
+    # request bodies counted as they arrive (Content-Length or chunked): 413 past the route's limit
+    app.add_middleware(BodyLimit, settings=settings)
+
+    @app.middleware("http")  # added after BodyLimit, so it runs outside it and counts its 413s
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        limit = 2 * settings.max_upload_bytes + (1 << 20)  # two files and the form fields
-        if length is not None and length.isdigit() and int(length) > limit:
-            return _error(413, "too_large", f"request body is larger than {limit} bytes")
         t0 = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
         health.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         health.LATENCY.labels(route).observe(time.perf_counter() - t0)
         return response
-
-    @app.get("/", include_in_schema=False)
-    def root() -> dict[str, str]:
-        return {"service": "treelora", "docs": "/docs", "openapi": "/openapi.json", "health": "/healthz"}
 
     return app
 

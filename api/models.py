@@ -67,6 +67,7 @@ class Task(Base):
     eval_source: Mapped[str] = mapped_column(String(16))  # "uploaded" or "holdout"
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=now)
+    retired_at: Mapped[datetime | None]  # retired from serving: stays in the tree and in R
 
 
 class Job(Base):

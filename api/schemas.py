@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
-from .settings import Routing
+from treelora_core.strategies import STRATEGIES
+
+from .config_schema import (
+    EWCSection,
+    LoraSection,
+    LoraTopSection,
+    OLoRASection,
+    PaperSection,
+    TrainSection,
+    TreeSection,
+)
+from .services.common import NAME_PATTERN
+from .settings import Routing, Settings
 
 T = TypeVar("T")
 
@@ -19,20 +32,27 @@ class Page(BaseModel, Generic[T]):
 
 class StreamCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="unique; letters, digits, '.', '_' or '-'", examples=["support-tickets"])
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="unique; 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit; "
+        "not the shape of an id (str_, tsk_ or job_ and 22 hex digits)",
+        examples=["support-tickets"],
+    )
     base_model: str | None = Field(default=None, description="a model this service offers (default SmolLM2)")
     strategy: str = Field(
         default="treelora",
         description="treelora, treelora_paper, seq_lora, ewc, o_lora, per_task_lora or lora_top",
+        json_schema_extra={"enum": list(STRATEGIES)},
     )
-    lora: dict[str, Any] | None = Field(default=None, examples=[{"r": 8, "alpha": 32}])
-    train: dict[str, Any] | None = Field(default=None, examples=[{"epochs": 3, "lr": 0.001}])
+    # every section is checked field by field against the engine's bounds (api/config_schema.py)
+    lora: LoraSection | None = Field(default=None, examples=[{"r": 8, "alpha": 32}])
+    train: TrainSection | None = Field(default=None, examples=[{"epochs": 3, "lr": 0.001}])
     # each method's own knobs (see docs/treelora.md); a section of another method is accepted and unused
-    tree: dict[str, Any] | None = Field(default=None, examples=[{"min_own_blocks": 10}])
-    paper: dict[str, Any] | None = Field(default=None, examples=[{"reg_lambda": 0.5}])
-    ewc: dict[str, Any] | None = Field(default=None, examples=[{"lam": 100000.0}])
-    o_lora: dict[str, Any] | None = Field(default=None, examples=[{"lam": 0.5}])
-    lora_top: dict[str, Any] | None = Field(default=None, examples=[{"own_blocks": 10}])
+    tree: TreeSection | None = Field(default=None, examples=[{"min_own_blocks": 10}])
+    paper: PaperSection | None = Field(default=None, examples=[{"reg_lambda": 0.5}])
+    ewc: EWCSection | None = Field(default=None, examples=[{"lam": 100000.0}])
+    o_lora: OLoRASection | None = Field(default=None, examples=[{"lam": 0.5}])
+    lora_top: LoraTopSection | None = Field(default=None, examples=[{"own_blocks": 10}])
     chat_template: bool = False
 
 
@@ -63,6 +83,7 @@ class TaskOut(BaseModel):
     train_sha256: str
     eval_sha256: str
     created_at: datetime
+    retired_at: datetime | None = Field(default=None, description="when it was retired from serving")
 
 
 class JobError(BaseModel):
@@ -94,6 +115,15 @@ class JobOut(BaseModel):
         return out
 
 
+class StreamDeletedOut(BaseModel):
+    id: str
+    name: str
+    rows: dict[str, int] = Field(description="rows deleted, by table")
+    blobs_deleted: int
+    blobs_shared: int = Field(description="blobs another stream still names: kept")
+    blobs_young: int = Field(description="blobs younger than the grace period: kept for the garbage collector")
+
+
 class TaskSubmitted(BaseModel):
     task: TaskOut
     job: JobOut
@@ -120,28 +150,89 @@ class AdapterOut(BaseModel):
     created_at: datetime
 
 
+def _unicode(text: str) -> str:
+    """Text a tokenizer can read: valid Unicode, so no lone UTF-16 surrogate (a `\\ud800` escape
+    in JSON parses to one; it cannot be encoded as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError(
+            "unicode", "text must be valid Unicode: a lone surrogate at character {at}", {"at": exc.start}
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+# Bounds of the predict and score bodies. The ones that depend on the settings (inputs per
+# request, characters per input, max_new_tokens, choices and characters per choice) are checked
+# before a request joins a batch (`api.serving`) and written into the OpenAPI spec by
+# `with_limits`; the schema's own `le` is only the ceiling the settings may not pass.
+MAX_NEW_TOKENS_CEILING = 4096
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 10.0
+MAX_SEED = 2**53 - 1  # the largest integer every JSON client holds exactly (a double)
+MAX_STOP, MAX_STOP_CHARS = 8, 100
+TaskRef = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        max_length=64,
+        description='a task id or name, or "auto" to route by content',
+    ),
+]
+Confidence = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="flag routes below this confidence (default: the router's calibrated threshold, GET .../router)",
+    ),
+]
+
+
 class PredictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    inputs: list[str] = Field(min_length=1, description="prompts")
-    task: str = Field(default="auto", description='a task id or name, or "auto" to route by content')
-    max_new_tokens: int = Field(default=16, ge=1)
+    inputs: list[Text] = Field(min_length=1, description="prompts")
+    task: TaskRef = "auto"
+    max_new_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS_CEILING)
     do_sample: bool = Field(default=False, description="sample (temperature, top_p) instead of greedy decoding")
-    temperature: float = Field(default=1.0, gt=0, le=10)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    stop: list[str] = Field(default_factory=list, max_length=8, description="generation ends before any of these")
-    seed: int | None = Field(default=None, ge=0, description="makes sampling repeatable")
+    temperature: float = Field(default=1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
+    stop: list[Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_STOP, description="generation ends before any of these"
+    )
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="makes sampling repeatable")
     ignore_eos: bool = Field(default=False, description="always generate max_new_tokens (load tests)")
     routing: Routing | None = Field(default=None, description='for task "auto": flat prototypes or tree descent')
-    min_confidence: float | None = Field(default=None, ge=0, le=1, description="flag routes below this confidence")
+    min_confidence: Confidence = None
 
 
 class ScoreIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    inputs: list[str] = Field(min_length=1)
-    choices: list[str] = Field(min_length=1, max_length=32, description="candidate completions, scored for every input")
-    task: str = "auto"
+    inputs: list[Text] = Field(min_length=1)
+    choices: list[Text] = Field(min_length=1, description="candidate completions, scored for every input")
+    task: TaskRef = "auto"
     routing: Routing | None = None
-    min_confidence: float | None = Field(default=None, ge=0, le=1)
+    min_confidence: Confidence = None
+
+
+def with_limits(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The OpenAPI spec with the predict and score bounds that the settings choose."""
+    texts = {"inputs": (settings.max_predict_inputs, settings.max_field_chars)}  # items, characters each
+    limits = {
+        "PredictIn": texts,
+        "ScoreIn": {**texts, "choices": (settings.max_score_choices, settings.max_choice_chars)},
+    }
+    bodies = spec.get("components", {}).get("schemas", {})
+    for name, fields in limits.items():
+        props = bodies.get(name, {}).get("properties", {})
+        for field, (items, chars) in fields.items():
+            if field in props:
+                props[field]["maxItems"] = items
+                props[field]["items"]["maxLength"] = chars
+        if "max_new_tokens" in props:
+            props["max_new_tokens"]["maximum"] = settings.max_new_tokens_limit
+    return spec
 
 
 class PredictionOut(BaseModel):

@@ -8,6 +8,7 @@ meanwhile is seen by the next request, and the adapters a batch uses stay pinned
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -26,11 +27,13 @@ from treelora_core.serving import Factors, GenParams, Server, factors_from_state
 from treelora_core.strategies import needs_task_id
 from treelora_core.types import Path
 
-from .errors import Invalid
+from .errors import Internal, Invalid, ServiceError
 from .learners import base_model, latest_version, load_router
 from .models import Stream, TreeVersion
 from .settings import Routing, Settings
 from .storage import BlobStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,9 +98,10 @@ class Request:
     task: str  # a task name or "auto"
     params: GenParams | None = None  # generation; None: scoring
     choices: list[str] = field(default_factory=list)
-    min_confidence: float = 0.5
+    min_confidence: float | None = None  # None: the router's calibrated threshold
     routing: Routing = "flat"
     future: Future[list[dict[str, Any]]] = field(default_factory=Future)
+    retired: frozenset[str] = frozenset()  # tasks auto routing leaves out (never all of them)
 
 
 class Batcher:
@@ -122,11 +126,30 @@ class Batcher:
                 groups.setdefault((r.served.base_model, r.served.targets), []).append(r)
             for (model, targets), reqs in groups.items():
                 try:
-                    self._run(self.load_server(model, targets), reqs)
-                except Exception as exc:  # every request of the group learns why
+                    server = self.load_server(model, targets)
+                except Exception as exc:  # no model to run on: every request of the group learns why
                     for r in reqs:
-                        if not r.future.done():
-                            r.future.set_exception(exc)
+                        _fail(r, exc)
+                    continue
+                self._run_apart(server, reqs)
+
+    def _run_apart(self, server: Server, reqs: list[Request]) -> None:
+        """Run the requests as one batch; if the batch raises, run each of them alone, so that
+        only a request that fails on its own gets an error and the others their answers."""
+        try:
+            self._run(server, reqs)
+            return
+        except Exception as exc:
+            if len(reqs) == 1:
+                _fail(reqs[0], exc)
+                return
+            log.warning("a batch of %d requests failed (%r): running them one by one", len(reqs), exc)
+        for r in reqs:
+            if not r.future.done():
+                try:
+                    self._run(server, [r])
+                except Exception as exc:
+                    _fail(r, exc)
 
     def _run(self, server: Server, reqs: list[Request]) -> None:
         self.batches += 1
@@ -143,11 +166,12 @@ class Batcher:
         self.rows += len(texts) + len(logps)
         for r, ts in zip(reqs, tasks, strict=True):
             answers: list[dict[str, Any]] = []
+            threshold = r.served.router.threshold if r.min_confidence is None else r.min_confidence
             for i, (task, conf) in enumerate(ts):
                 item: dict[str, Any] = {
                     "task": task if r.served.needs_task_id else None,
                     "confidence": conf,
-                    "low_confidence": conf is not None and conf < r.min_confidence,
+                    "low_confidence": conf is not None and conf < threshold,
                     "path": r.served.segments.get(task, []),
                 }
                 if r.params is not None:
@@ -172,12 +196,13 @@ class Batcher:
         out: Routes = []
         k = 0
         for r in reqs:
+            router = r.served.router.without(r.retired) if r.retired else r.served.router
             if r.task != "auto" or not r.served.needs_task_id:
-                name = r.task if r.task != "auto" else r.served.router.names[-1]  # one shared path
+                name = r.task if r.task != "auto" else router.names[-1]  # one shared path
                 out.append([(name, None)] * len(r.prompts))
                 continue
             assert emb is not None
-            router, rows = r.served.router, emb[k : k + len(r.prompts)]
+            rows = emb[k : k + len(r.prompts)]
             out.append(list(router.route(rows, r.served.tree["nodes"] if r.routing == "tree" else None)))
             k += len(r.prompts)
         return out
@@ -265,6 +290,17 @@ class ServedCache:
         )
 
 
+def _fail(req: Request, exc: Exception) -> None:
+    """The request's error: a service error as it is (a missing blob, say), anything else logged
+    here with its traceback and answered as `internal`."""
+    if req.future.done():
+        return
+    if not isinstance(exc, ServiceError):
+        log.error("a request failed in its batch", exc_info=exc)
+        exc = Internal("the request failed while it ran; the error has been logged")
+    req.future.set_exception(exc)
+
+
 def check_inputs(settings: Settings, inputs: list[str]) -> None:
     if len(inputs) > settings.max_predict_inputs:
         raise Invalid(f"at most {settings.max_predict_inputs} inputs per request", param="inputs")
@@ -273,3 +309,11 @@ def check_inputs(settings: Settings, inputs: list[str]) -> None:
             raise Invalid(f"inputs[{i}] must be a non-empty string", param="inputs")
         if len(text) > settings.max_field_chars:
             raise Invalid(f"inputs[{i}] is longer than {settings.max_field_chars} characters", param="inputs")
+
+
+def check_choices(settings: Settings, choices: list[str]) -> None:
+    if len(choices) > settings.max_score_choices:
+        raise Invalid(f"at most {settings.max_score_choices} choices per request", param="choices")
+    for i, text in enumerate(choices):
+        if len(text) > settings.max_choice_chars:
+            raise Invalid(f"choices[{i}] is longer than {settings.max_choice_chars} characters", param="choices")

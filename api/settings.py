@@ -41,23 +41,32 @@ class Settings(BaseSettings):
     default_model: str = "smollm2-135m-instruct"
 
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)  # per uploaded file
+    # any request body but a task upload (which gets two files' worth): counted as it arrives
+    max_json_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_records: int = Field(default=50_000, gt=0)  # examples per uploaded file
     max_field_chars: int = Field(default=20_000, gt=0)  # one prompt or completion
     max_eval_examples: int = Field(default=100, gt=0)  # scored per task after each job
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # eval split cut from train when none is given
     max_predict_inputs: int = Field(default=64, gt=0)
-    max_new_tokens_limit: int = Field(default=256, gt=0)
+    max_new_tokens_limit: int = Field(default=256, gt=0, le=4096)  # 4096: the predict schema's ceiling
+    max_score_choices: int = Field(default=32, gt=0)  # choices per /score request
+    max_choice_chars: int = Field(default=1000, gt=0)  # one /score choice
 
     lease_s: float = Field(default=60.0, gt=0)  # a running job's lease; a worker renews it
     heartbeat_s: float = Field(default=2.0, gt=0)  # lease renewal, progress flush, cancel check
     requeue_after_s: float = Field(default=120.0, gt=0)  # a queued job not picked up is sent again
+    job_time_limit_s: float = Field(default=4 * 3600.0, gt=0)  # one attempt of a job runs this long at most
     learner_cache: int = Field(default=1, ge=1)  # full learners kept for PEFT export
     batch_window_ms: float = Field(default=20.0, ge=0)  # a batch closes after this long with no new request
     batch_max_wait_ms: float = Field(default=100.0, ge=0)  # ... or this long after its first request
     max_batch: int = Field(default=32, gt=0)  # rows (inputs) per batch at most
     adapter_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # node adapters kept in memory
-    route_min_confidence: float = Field(default=0.5, ge=0, le=1)  # below it, auto routing says so
+    # below it, auto routing says so (`low_confidence`); None: the stream's router's calibrated threshold
+    route_min_confidence: float | None = Field(default=None, ge=0, le=1)
     routing: Routing = "flat"  # for task="auto" when a request does not choose
+    # blobs written or put within this many seconds are never deleted (stream deletion, `python -m api.gc`):
+    # an upload or a job's commit writes its blobs before the rows that name them
+    blob_grace_s: float = Field(default=3600.0, ge=0, le=365 * 86400, allow_inf_nan=False)
 
     @property
     def db_url(self) -> str:

@@ -61,3 +61,31 @@ def test_trace_loader_keeps_scienceqa_letter() -> None:
     assert all(len(e.completion) == 1 for e in sqa.train + sqa.test)
     mb = load_trace(TRACE, ("MeetingBank",), n_train=5, n_test=5)[0]
     assert mb.metric == "rouge_l" and len(mb.train) == 5
+
+
+def test_lone_surrogate_escapes_are_refused_with_their_line() -> None:
+    """`"\\ud800"` is valid JSON but no character: it used to pass the upload and fail the job."""
+    ok = b'{"prompt": "a", "completion": "b"}\n'
+    for data, line in [
+        (ok + b'{"prompt": "x\\ud800", "completion": "b"}\n', 2),
+        (ok + ok + b'{"prompt": "x", "completion": "\\udfff"}\n', 3),
+        (b'[{"prompt": "a", "completion": "b"}, {"prompt": "\\udc00 x", "completion": "b"}]', 2),
+    ]:
+        with pytest.raises(DataError, match="surrogate") as err:
+            parse_records(data)
+        assert err.value.line == line
+    assert parse_records(b'{"prompt": "\\ud83d\\ude00", "completion": "b"}')[0].prompt == "\U0001f600"  # a pair
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])
+def test_line_separators_inside_strings_are_kept(sep: str) -> None:
+    """Records end at "\\n" only: characters that `str.splitlines` also breaks at are legal inside
+    a JSON string (raw, not escaped) and stay in the text; "\\r\\n" line ends work too."""
+    rows = [{"prompt": f"one{sep}two", "completion": "x"}, {"prompt": "p", "completion": f"a{sep}b"}]
+    if sep in "\x0b\x0c\x1c":  # control characters must be escaped in JSON: json.dumps does
+        data = "\r\n".join(json.dumps(r) for r in rows).encode()
+    else:
+        data = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()
+        assert sep.encode() in data
+    got = parse_records(data)
+    assert [(e.prompt, e.completion) for e in got] == [(r["prompt"], r["completion"]) for r in rows]

@@ -36,6 +36,21 @@ def test_replayed_tree_and_descent() -> None:
     assert router.descend(scores, []) == 2  # no tree: same as flat
 
 
+def test_a_router_without_some_tasks_never_picks_them() -> None:
+    nodes = AdapterTree.replay(PLACEMENTS, ["a", "b", "c", "d"], n_blocks=4).view_nodes()
+    router = PrototypeRouter(per_task=1)
+    basis = torch.eye(4)
+    for i, name in enumerate("abcd"):
+        router.add(name, basis[i : i + 1])
+    rest = router.without({"a", "c"})
+    assert rest.names == ["b", "d"] and router.names == ["a", "b", "c", "d"]  # the original is untouched
+    picks = rest.route(basis, None) + rest.route(basis, nodes)  # each task's own embedding, flat and by tree
+    assert {t for t, _ in picks} <= {"b", "d"} and all(0 < c <= 1 for _, c in picks)
+    assert [t for t, _ in rest.route(basis[1:2], nodes)] == ["b"] and [t for t, _ in rest.route(basis[3:4])] == ["d"]
+    only_d = router.without({"a", "b", "c"})  # a whole subtree left out: descent takes the other
+    assert {t for t, _ in only_d.route(basis, nodes)} == {"d"}
+
+
 def test_committed_serving_benchmark_has_the_documented_shape() -> None:
     path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "serving.json"
     data = json.loads(path.read_text())

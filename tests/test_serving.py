@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from treelora_core.errors import ConfigError
 from treelora_core.serving import AdapterPool, GenParams, Server, factors_from_state
 
 from .conftest import toy_task
@@ -104,6 +105,47 @@ def test_scoring_prefers_the_learned_answer(trained, tiny_base) -> None:  # type
     with server.pool.holding(keys, load):
         lp = server.score([prompts[0]] * 2, comp, [paths[0]] * 2)
     assert lp[0] > lp[1]
+
+
+def test_scores_equal_the_full_log_softmax(trained, tiny_base) -> None:  # type: ignore[no-untyped-def]
+    """Scoring keeps logits only at the choices' positions; the log-likelihoods are the ones the
+    whole sequence's log-softmax gives, for choices of different lengths in one batch."""
+    server, load = serve(trained, tiny_base)
+    prompts, paths = rows(trained, 1)
+    comps = [trained.fmt.completion_ids(w) for w in ("apple", "a much longer answer than that", "z")]
+    keys = {k for p in paths for names in p.values() for k in names}
+    with server.pool.holding(keys, load):
+        got = server.score(prompts, comps, paths)
+        want = []
+        for p, c, q in zip(prompts, comps, paths, strict=True):
+            with server.rows([q]):
+                logits = server.model(input_ids=torch.tensor([p + c])).logits[0]
+            logp = torch.log_softmax(logits.float(), -1)
+            want.append(float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(c))))
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_tiny_temperatures_sample_the_greedy_answer_and_bad_parameters_are_refused(trained, tiny_base) -> None:  # type: ignore[no-untyped-def]
+    """A temperature near 0 is greedy decoding, not NaN probabilities that fail the batch; what
+    torch could not take (a seed of 2**64, a NaN) never becomes a GenParams."""
+    server, load = serve(trained, tiny_base)
+    prompts, paths = rows(trained, 1)
+    keys = {k for p in paths for names in p.values() for k in names}
+    cold = GenParams(max_new_tokens=4, do_sample=True, temperature=1e-40, seed=1)
+    with server.pool.holding(keys, load):
+        assert server.generate(prompts, paths, [cold] * 3) == server.generate(prompts, paths, [GenParams(4)] * 3)
+    for bad in (
+        {"seed": 2**64},
+        {"seed": -1},
+        {"temperature": 0.0},
+        {"temperature": float("nan")},
+        {"top_p": 0.0},
+        {"top_p": float("inf")},
+        {"max_new_tokens": 0},
+    ):
+        with pytest.raises(ConfigError) as err:
+            GenParams(**bad)  # type: ignore[arg-type]
+        assert err.value.param == next(iter(bad))
 
 
 def test_adapter_pool_budget_pins_and_lru(trained) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .bounds import bounded, check_bounds
 from .errors import ConfigError
 from .lora import LoraConfig
 from .strategies import REGISTRY, strategy_class
@@ -17,24 +18,23 @@ from .strategies.treelora_paper import PaperConfig
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3  # the epoch budget, identical for every method in a comparison
-    batch_size: int = 8  # examples per optimiser step
-    lr: float = 1e-3  # AdamW learning rate for adapter weights
-    weight_decay: float = 0.0  # adapters are small; decay only slows learning here
-    max_length: int = 128  # tokens per example (prompt is cut in the middle, completion kept)
-    seed: int = 0  # seeds data order and adapter init
-    patience: int = 1  # early stop: epochs without validation-loss gain before stopping
-    min_delta: float = 0.01  # a validation-loss gain smaller than this counts as no gain
-    val_examples: int = 32  # held-out training examples used by the early-stopping rule
+    """How one task trains. Every field has bounds; a value outside them, NaN or infinite is
+    refused, naming the field."""
+
+    epochs: int = bounded(3, ge=1, le=100)  # the epoch budget, identical for every method in a comparison
+    batch_size: int = bounded(8, ge=1, le=256)  # examples per optimiser step
+    lr: float = bounded(1e-3, gt=0, le=1)  # AdamW learning rate for adapter weights
+    weight_decay: float = bounded(0.0, ge=0, le=1)  # adapters are small; decay only slows learning here
+    # tokens per example (prompt is cut in the middle, completion kept); at least 16 so that a
+    # prompt keeps some tokens beside the answer
+    max_length: int = bounded(128, ge=16, le=4096)
+    seed: int = bounded(0, ge=0, le=2**32 - 1)  # seeds data order and adapter init
+    patience: int = bounded(1, ge=0, le=100)  # early stop: epochs without validation-loss gain before stopping
+    min_delta: float = bounded(0.01, ge=0, le=10)  # a validation-loss gain smaller than this counts as no gain
+    val_examples: int = bounded(32, ge=0, le=1000)  # held-out training examples used by the early-stopping rule
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive", param=name)
-        if self.lr <= 0:
-            raise ConfigError("lr must be positive", param="lr")
-        if self.patience < 0 or self.val_examples < 0:
-            raise ConfigError("patience and val_examples must be >= 0", param="patience")
+        check_bounds(self)
 
 
 @dataclass
@@ -83,18 +83,18 @@ def _build(cls: type, d: Any, section: str) -> Any:
     try:
         return cls(**d)
     except ConfigError as exc:
-        raise ConfigError(str(exc), param=f"{pre}{exc.param}" if exc.param else section) from None
+        msg = str(exc)
+        if exc.param and msg.startswith(exc.param) and not msg.startswith(pre):
+            msg = pre + msg  # "train.lr must be ..."
+        raise ConfigError(msg, param=f"{pre}{exc.param}" if exc.param else section) from None
 
 
 def config_from_dict(d: dict[str, Any]) -> StreamConfig:
     """A StreamConfig from nested dicts (JSON), validated field by field."""
     d = dict(d)
     lora = dict(d.pop("lora", None) or {})
-    if "target_modules" in lora:
-        tm = lora["target_modules"]
-        if not isinstance(tm, list | tuple) or not all(isinstance(t, str) and t.isidentifier() for t in tm):
-            raise ConfigError("lora.target_modules must be a list of module names", param="lora.target_modules")
-        lora["target_modules"] = tuple(tm)
+    if isinstance(lora.get("target_modules"), list):  # JSON has no tuples; LoraConfig checks the names
+        lora["target_modules"] = tuple(lora["target_modules"])
     sections = {
         "lora": _build(LoraConfig, lora, "lora"),
         "train": _build(TrainConfig, d.pop("train", None) or {}, "train"),

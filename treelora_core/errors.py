@@ -33,5 +33,10 @@ class StateError(TreeLoRAError, ValueError):
     tree, a model that already carries adapters, a saved learner of another format)."""
 
 
+class Diverged(TreeLoRAError):
+    """Training produced a non-finite loss or non-finite adapter weights (learning rate or LoRA
+    alpha too large for the data): the learner's trainable state is unusable; discard it."""
+
+
 class Cancelled(TreeLoRAError):
     """Training stopped because the caller's `should_stop` said so (not a failure)."""

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .batching import PrefixCache, collate, left_pad, mean_pooled, model_loss
 from .config import StreamConfig, strategy_options
 from .data import Example, Task
-from .errors import Cancelled, StateError, UnknownTaskError
+from .errors import Cancelled, Diverged, StateError, UnknownTaskError
 from .lora import LoRABank, plans_for_rows
 from .metrics import example_scores
 from .models import Encoded, Formatter, load_base
@@ -124,7 +124,9 @@ class ContinualLearner:
     ) -> TaskReport:
         """Train one task with the strategy, the epoch budget and the shared early-stopping rule:
         after each epoch the loss on `val_examples` held-out training examples is measured, and
-        training stops once it has not improved by `min_delta` for `patience` epochs."""
+        training stops once it has not improved by `min_delta` for `patience` epochs. A non-finite
+        loss (checked every step) or non-finite adapter weights (checked at the end) raise
+        `Diverged`; the learner's trainable state is then unusable, as after `Cancelled`."""
         if task.name in self.task_names:
             raise StateError(f"task {task.name!r} is already learned")
         tc = self.cfg.train
@@ -156,6 +158,11 @@ class ContinualLearner:
                     self.strategy.after_backward()
                     opt.step()
                     step, last = step + 1, loss.item()
+                    if not math.isfinite(last):
+                        raise Diverged(
+                            f"training diverged on task {task.name!r}: the loss is {last} at step {step} "
+                            f"(epoch {epoch + 1}); lower train.lr or lora.alpha"
+                        )
                     if progress:
                         el = time.perf_counter() - t0
                         progress(
@@ -191,6 +198,8 @@ class ContinualLearner:
                         break
             t3 = time.perf_counter()
             self.strategy.end_task(task.name, train)  # still routed, trainable params still live
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise Diverged(f"training diverged on task {task.name!r}: its adapter weights are not finite")
         self.bank.set_trainable(set())
         self.router.add(task.name, self.embed([e.prompt for e in task.train]))
         self.task_names.append(task.name)
@@ -211,8 +220,9 @@ class ContinualLearner:
 
     def stored_bytes(self) -> int:
         """Everything kept to serve and continue the stream: the strategy's adapters and extra
-        tensors, plus the router's prototypes where inference needs a route."""
-        router = sum(t.numel() * t.element_size() for t in self.router.state().values())
+        tensors, plus the router's prototypes where inference needs a route (not its held-out
+        calibration prompts, at most `router.heldout_cap` float16 embeddings per task)."""
+        router = sum(t.numel() * t.element_size() for t in self.router.protos + self.router.centroids)
         return self.strategy.stored_bytes() + (router if self.strategy.needs_task_id else 0)
 
     # -- inference ------------------------------------------------------------------------------

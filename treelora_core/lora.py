@@ -9,6 +9,7 @@ once; at each block its rows are grouped by the adapters on their paths.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bounds import bounded, check_bounds
 from .errors import ConfigError, StateError
 from .models import blocks
 from .types import Path
@@ -28,23 +30,32 @@ Plan = list[tuple[tuple[str, ...], torch.Tensor | None]]
 Stack = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
+MAX_TARGET_MODULES = 16  # names in `LoraConfig.target_modules` at most
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # one attribute name of a Linear in a block
+
+
 @dataclass
 class LoraConfig:
-    r: int = 8  # rank of every adapter (paper, LLM setting)
-    alpha: float = 32.0  # scaling = alpha / r, as in PEFT and the paper
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # linear layers that get adapters
-    dropout: float = 0.0  # kept at 0 so composed and exported outputs match exactly
+    r: int = bounded(8, ge=1, le=256)  # rank of every adapter (paper, LLM setting)
+    alpha: float = bounded(32.0, gt=0, le=1024)  # scaling = alpha / r, as in PEFT and the paper
+    # linear layers that get adapters: attribute names of Linear modules inside the blocks (the
+    # service checks them against the base model when a stream is created)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    dropout: float = bounded(0.0, ge=0, lt=1)  # kept at 0 so composed and exported outputs match exactly
 
     def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise ConfigError(f"LoRA rank must be positive, got {self.r}", param="r")
-        if self.alpha <= 0:
-            raise ConfigError(f"LoRA alpha must be positive, got {self.alpha}", param="alpha")
-        if not self.target_modules:
+        check_bounds(self)
+        tm = self.target_modules
+        if isinstance(tm, str) or not isinstance(tm, list | tuple) or not tm:
             raise ConfigError("target_modules must name at least one module", param="target_modules")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("dropout must be in [0, 1)", param="dropout")
-        self.target_modules = tuple(self.target_modules)
+        if len(tm) > MAX_TARGET_MODULES:
+            raise ConfigError(f"target_modules names at most {MAX_TARGET_MODULES} modules", param="target_modules")
+        for t in tm:
+            if not isinstance(t, str) or not MODULE_NAME.fullmatch(t):
+                raise ConfigError(f"target_modules: {t!r} is not a module name", param="target_modules")
+        if len(set(tm)) != len(tm):
+            raise ConfigError("target_modules names a module twice", param="target_modules")
+        self.target_modules = tuple(tm)
 
     @property
     def scaling(self) -> float:

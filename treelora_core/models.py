@@ -6,10 +6,11 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import Example
 from .errors import ConfigError
@@ -82,6 +83,27 @@ def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ConfigError("cannot find the transformer blocks of this model", param="base_model")
 
 
+def linear_names(model: torch.nn.Module) -> frozenset[str]:
+    """Attribute names of the Linear layers inside the blocks: what `LoraConfig.target_modules`
+    may name (`q_proj`, `v_proj`, ... on Llama)."""
+    return frozenset(
+        name.rsplit(".", 1)[-1]
+        for block in blocks(model)
+        for name, module in block.named_modules()
+        if name and isinstance(module, torch.nn.Linear)
+    )
+
+
+@lru_cache(maxsize=16)
+def base_linear_names(name_or_path: str | None = None) -> frozenset[str]:
+    """`linear_names` of a base model built from its config on the meta device: no weights are
+    read or allocated (tens of milliseconds), so a stream's targets can be checked up front."""
+    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return linear_names(model)
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -122,4 +144,7 @@ class Formatter:
         return Encoded(prompt + comp, [-100] * len(prompt) + comp, len(prompt))
 
     def encode_prompt(self, prompt: str, reserve: int = 8) -> list[int]:
-        return self.fit_prompt(self.prompt_ids(prompt), self.max_length - reserve)
+        """The prompt cut to `max_length - reserve` tokens (room for the answer); a reserve that
+        leaves no room keeps half of `max_length` instead (never an empty prompt)."""
+        budget = self.max_length - reserve
+        return self.fit_prompt(self.prompt_ids(prompt), budget if budget > 0 else max(self.max_length // 2, 1))

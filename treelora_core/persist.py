@@ -34,6 +34,7 @@ def _meta(learner: ContinualLearner) -> dict[str, Any]:
         "tasks": learner.task_names,
         "metrics": learner.metrics,
         "router": learner.router.names,
+        "router_calibration": learner.router.calibration_json(),
         "strategy": learner.strategy.to_json(),
     }
 
@@ -48,7 +49,7 @@ def _restore(learner: ContinualLearner, meta: dict[str, Any], extras: dict[str, 
     learner.bank.set_trainable(set())
     learner.strategy.load_json(meta["strategy"])
     learner.strategy.load_tensors({k[9:]: v for k, v in extras.items() if k.startswith("strategy/")})
-    learner.router.load(meta["router"], _router_tensors(extras))
+    learner.router.load(meta["router"], _router_tensors(extras), meta.get("router_calibration"))
     learner.task_names, learner.metrics = list(meta["tasks"]), dict(meta["metrics"])
 
 
@@ -56,11 +57,17 @@ def _router_tensors(extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[7:]: v for k, v in extras.items() if k.startswith("router/")}
 
 
-def router_from_parts(manifest: dict[str, Any], fetch: Callable[[str], bytes]) -> PrototypeRouter:
-    """A version's task router alone, without a model: task names from the manifest, prototypes
-    from the extras blob (what `to_parts` wrote)."""
+def router_from_parts(
+    manifest: dict[str, Any], fetch: Callable[[str], bytes], heldout: bool = False
+) -> PrototypeRouter:
+    """A version's task router alone, without a model: task names and calibration from the
+    manifest, prototypes from the extras blob (what `to_parts` wrote). Its held-out prompts, which
+    only a refit needs (when a task is added), are dropped unless `heldout`."""
+    tensors = _router_tensors(st.load(fetch(manifest["extras"])))
+    if not heldout:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("heldout")}
     router = PrototypeRouter()
-    router.load(manifest["router"], _router_tensors(st.load(fetch(manifest["extras"]))))
+    router.load(manifest["router"], tensors, manifest.get("router_calibration"))
     return router
 
 

@@ -1,15 +1,30 @@
 """Routing without a task id: nearest task prototypes in the frozen model's hidden space.
 
 Each task keeps a few prototypes (k-means centroids of its training prompts' mean-pooled hidden
-states, L2-normalised). A request goes to the task of its most similar prototype; the confidence
-is a softmax over per-task best similarities at a fixed temperature.
+states, L2-normalised). A request goes to the task of its most similar prototype.
+
+The confidence is a calibrated probability that the route is right (`calibration.Calibrator`),
+read from two views of the input: its per-task best prototype similarities (what it was routed
+by) and its similarity to each task's centroid (the mean of all its prompts: a second opinion that
+weighs what all of a task's prompts share, such as an instruction or a label list, over the topic
+of the nearest few). It is refitted whenever a task is added, on held-out training prompts: each
+task keeps up to `heldout` of its training prompts' embeddings, cross-fitted (each fold's prompts
+are scored against their own task's prototypes and centroid rebuilt without them, and against the
+other tasks', which never held them). A router with one task is always right (confidence 1); one
+saved before calibration existed falls back to a softmax over per-task best similarities at a
+fixed temperature.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Collection
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from .calibration import MIN_THRESHOLD, Calibrator
 from .errors import StateError
 
 
@@ -27,20 +42,128 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Ten
     return cent
 
 
+def kmeans_batched(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """`kmeans` with each update done at once for all centroids (same start, same steps; sums
+    in another order, so not bit-identical): for the cross-fitted prototypes, which are many."""
+    k = min(k, x.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    cent = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    for _ in range(iters):
+        assign = (x @ cent.T).argmax(1)
+        sums = torch.zeros_like(cent).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        filled = counts > 0
+        cent[filled] = F.normalize(sums[filled] / counts[filled].unsqueeze(1), dim=1)
+    return cent
+
+
 class PrototypeRouter:
-    def __init__(self, per_task: int = 16, temperature: float = 0.02) -> None:
+    VIEWS = ("prototypes", "centroid")  # what `views` returns, in order
+
+    def __init__(self, per_task: int = 16, temperature: float = 0.02, heldout: int = 64, folds: int = 8) -> None:
         self.per_task, self.temperature = per_task, temperature
+        self.heldout_cap, self.folds = heldout, folds  # held-out prompts kept per task, cross-fit folds
         self.names: list[str] = []
         self.protos: list[torch.Tensor] = []  # per task (k, C), unit rows
+        self.centroids: list[torch.Tensor] = []  # per task (C,), unit
+        # per task: held-out prompts' embeddings (n, C) in float16, and their score in each view
+        # against their own task rebuilt without them (n, 2)
+        self.heldout: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.calibrator: Calibrator | None = None
 
     def add(self, name: str, embeddings: torch.Tensor) -> None:
+        """Learn (or replace) a task's prototypes from its training prompts' embeddings, keep
+        some of them as cross-fitted held-out prompts, and refit the calibration."""
         x = F.normalize(embeddings.float(), dim=-1)
         cent = kmeans(x, self.per_task)
         if name in self.names:
             self.protos[self.names.index(name)] = cent
+            self.centroids[self.names.index(name)] = F.normalize(x.mean(0), dim=0)
         else:
             self.names.append(name)
             self.protos.append(cent)
+            self.centroids.append(F.normalize(x.mean(0), dim=0))
+        self.heldout.pop(name, None)
+        n, m = len(x), min(self.heldout_cap, len(x) // 2)
+        if m:
+            sub = torch.randperm(n, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))[:m]
+            held = x[sub].half()
+            own = torch.empty(m, 2)
+            for fold in torch.arange(m).chunk(self.folds):
+                keep = torch.ones(n, dtype=torch.bool)
+                keep[sub[fold]] = False
+                h = F.normalize(held[fold].float(), dim=-1)
+                own[fold, 0] = (h @ kmeans_batched(x[keep], self.per_task).T).max(1).values
+                own[fold, 1] = h @ F.normalize(x[keep].mean(0), dim=0)
+            self.heldout[name] = (held, own)
+        self.calibrate()
+
+    def heldout_views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every task's held-out prompts as score views (each (N, tasks), each row's own task
+        scored as it was cross-fitted), and their true task indices (N,)."""
+        rows: list[list[torch.Tensor]] = [[], []]
+        labels = []
+        for i, name in enumerate(self.names):
+            if name in self.heldout:
+                emb, own = self.heldout[name]
+                for v, s in enumerate(self.views(emb)):
+                    s[:, i] = own[:, v]
+                    rows[v].append(s)
+                labels.append(torch.full((len(emb),), i))
+        if not labels:
+            return [torch.empty(0, len(self.names))] * 2, torch.empty(0, dtype=torch.long)
+        return [torch.cat(r) for r in rows], torch.cat(labels)
+
+    def calibrate(self) -> None:
+        """Refit the calibrator on the held-out prompts, routed flat (none with fewer than two
+        tasks, or no held-out prompt)."""
+        views, labels = self.heldout_views()
+        if len(self.names) < 2 or not len(labels):
+            self.calibrator = None
+            return
+        picks = views[0].argmax(1)
+        self.calibrator = Calibrator.fit(views, picks, picks == labels)
+
+    def views(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """The score views the calibration reads (`VIEWS`): `scores` and `centroid_scores`."""
+        return [self.scores(embeddings), self.centroid_scores(embeddings)]
+
+    def centroid_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, tasks): similarity to each task's centroid."""
+        return F.normalize(embeddings.float(), dim=-1) @ torch.stack(self.centroids).T
+
+    def confidence(self, views: list[torch.Tensor], picks: torch.Tensor) -> torch.Tensor:
+        """Score `views` of N inputs and (N,) picked task indices -> (N,) probability that each
+        pick is right (see the module's note)."""
+        n = len(views[0])
+        if len(self.names) == 1:
+            return torch.ones(n, dtype=torch.float64)
+        if self.calibrator is not None:
+            return self.calibrator.predict(views, picks)
+        probs = torch.softmax(views[0] / self.temperature, dim=1)
+        return probs[torch.arange(n), picks].double()
+
+    @property
+    def threshold(self) -> float:
+        """The default `low_confidence` threshold: the calibration's, or 0.5 without one."""
+        return self.calibrator.threshold if self.calibrator is not None else MIN_THRESHOLD
+
+    def calibration_json(self) -> dict[str, Any] | None:
+        """The calibrator as plain data, with the names of the views its features index."""
+        return {**self.calibrator.to_json(), "views": list(self.VIEWS)} if self.calibrator is not None else None
+
+    def without(self, names: Collection[str]) -> PrototypeRouter:
+        """A router over every task but `names` (sharing the prototypes): routing never picks
+        those. It keeps this router's calibration (fitted with them among the competitors: a
+        left-out task only widens the margins it used to narrow)."""
+        out = PrototypeRouter(self.per_task, self.temperature, self.heldout_cap, self.folds)
+        keep = [i for i, n in enumerate(self.names) if n not in names]
+        out.names = [self.names[i] for i in keep]
+        out.protos = [self.protos[i] for i in keep]
+        out.centroids = [self.centroids[i] for i in keep]
+        out.heldout = {n: v for n, v in self.heldout.items() if n in out.names}
+        out.calibrator = self.calibrator
+        return out
 
     def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, tasks): each task's best prototype similarity."""
@@ -49,36 +172,59 @@ class PrototypeRouter:
 
     def route(self, embeddings: torch.Tensor, nodes: list[dict] | None = None) -> list[tuple[str, float]]:
         """(task, confidence) per input: the best prototype's task, or with a tree view's `nodes`
-        the leaf that `descend` reaches; confidence is that task's softmax share."""
+        the leaf that `descend` reaches; confidence is `confidence()` of that pick."""
         if not self.names:
             raise StateError("the router knows no task yet")
-        scores = self.scores(embeddings)
-        probs = torch.softmax(scores / self.temperature, dim=1)
-        picks = [self.descend(row, nodes) if nodes is not None else int(row.argmax()) for row in scores]
-        return [(self.names[k], float(probs[row, k])) for row, k in enumerate(picks)]
+        views = self.views(embeddings)
+        picks = [self.descend(row, nodes) if nodes is not None else int(row.argmax()) for row in views[0]]
+        conf = self.confidence(views, torch.tensor(picks, dtype=torch.long))
+        return [(self.names[k], float(c)) for k, c in zip(picks, conf, strict=True)]
 
     def descend(self, scores: torch.Tensor, nodes: list[dict]) -> int:
         """Tree routing for one input: from the top level of a tree view (`views.tree_view`
         nodes), take at each level the child whose member tasks score best on average, down to a
-        leaf; -> the index of its task in `names`. scores: (tasks,) from `scores()`."""
+        leaf; -> the index of its task in `names`. scores: (tasks,) from `scores()`. Nodes with
+        no member among `names` (tasks this router leaves out) are never taken."""
         by_id = {n["id"]: n for n in nodes}
-        level = [n["id"] for n in nodes if n["parent"] is None]
+
+        def known(node_id: str) -> list[int]:
+            return [self.names.index(t) for t in by_id[node_id]["members"] if t in self.names]
+
+        level = [n["id"] for n in nodes if n["parent"] is None and known(n["id"])]
         if not level:
             return int(scores.argmax())
-
-        def mean_score(node_id: str) -> float:
-            members = [self.names.index(t) for t in by_id[node_id]["members"] if t in self.names]
-            return float(scores[members].mean()) if members else -1.0
-
         while True:
-            best = by_id[max(level, key=mean_score)]
-            if best["task"] is not None or not best["children"]:
-                return self.names.index(best["task"] or best["members"][0])
-            level = best["children"]
+            best = by_id[max(level, key=lambda i: float(scores[known(i)].mean()))]
+            children = [c for c in best["children"] if known(c)]
+            if best["task"] in self.names or not children:
+                return self.names.index(best["task"]) if best["task"] in self.names else known(best["id"])[0]
+            level = children
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {f"proto.{n}": p for n, p in zip(self.names, self.protos, strict=True)}
+        """Prototypes, centroids and held-out prompts; the calibrator is plain data
+        (`calibration_json`)."""
+        out = {f"proto.{n}": p for n, p in zip(self.names, self.protos, strict=True)}
+        out.update({f"centroid.{n}": c for n, c in zip(self.names, self.centroids, strict=True)})
+        for n, (emb, own) in self.heldout.items():
+            out[f"heldout.{n}"], out[f"heldout_own.{n}"] = emb, own
+        return out
 
-    def load(self, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
+    def load(
+        self, names: list[str], tensors: dict[str, torch.Tensor], calibration: dict[str, Any] | None = None
+    ) -> None:
+        """From `state()` and `calibration_json()` (None: uncalibrated, as saved before calibration
+        existed). Held-out prompts absent from `tensors` are simply not kept: the calibration
+        still applies, and the next `add` refits it on the tasks that have some. A task saved
+        without a centroid gets the mean of its prototypes."""
         self.names = list(names)
         self.protos = [tensors[f"proto.{n}"].float() for n in names]
+        self.centroids = [
+            tensors[f"centroid.{n}"].float() if f"centroid.{n}" in tensors else F.normalize(p.mean(0), dim=0)
+            for n, p in zip(names, self.protos, strict=True)
+        ]
+        self.heldout = {
+            n: (tensors[f"heldout.{n}"], tensors[f"heldout_own.{n}"].float())
+            for n in names
+            if f"heldout.{n}" in tensors
+        }
+        self.calibrator = Calibrator.from_json(calibration) if calibration else None

@@ -13,6 +13,7 @@ A greedy row's output equals the one it gets alone.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batching import left_pad, mean_pooled
+from .errors import ConfigError
 from .lora import LoRABank, LoraConfig
 from .types import Path
 
@@ -38,6 +40,18 @@ class GenParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (load tests, as vLLM's benchmarks do)
+
+    def __post_init__(self) -> None:
+        """Parameters that would fail a whole batch (a NaN, a seed torch cannot take) are refused
+        here, before they join one."""
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be at least 1", param="max_new_tokens")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError("temperature must be a finite number above 0", param="temperature")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ConfigError("top_p must be in (0, 1]", param="top_p")
+        if self.seed is not None and not 0 <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise ConfigError("seed must be in [0, 2**64)", param="seed")
 
 
 class AdapterPool:
@@ -181,14 +195,17 @@ class Server:
         seqs = [p + c for p, c in zip(prompts, completions, strict=True)]
         ids, mask = left_pad(seqs, self.tok.pad_token_id, self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self.rows(paths):
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        out = []
         t = ids.shape[1]
+        # logits (a vocabulary per position) only where completions are predicted, the last k
+        # positions (left padding), and their log-softmax one row at a time: memory grows with the
+        # longest completion, not with the prompts
+        k = min(t, 1 + max(len(c) for c in completions))
+        with self.rows(paths):
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=k).logits
+        out = []
         for i, c in enumerate(completions):
-            rows = torch.arange(t - 1 - len(c), t - 1, device=ids.device)
-            out.append(float(logp[i, rows, ids[i, t - len(c) :]].sum()))
+            logp = torch.log_softmax(logits[i, k - 1 - len(c) : k - 1].float(), -1)
+            out.append(float(logp.gather(-1, ids[i, t - len(c) :, None]).sum()))
         return out
 
 
@@ -198,7 +215,8 @@ def _pick(logits: torch.Tensor, params: list[GenParams], gens: list[torch.Genera
     for i, p in enumerate(params):
         if not p.do_sample:
             continue
-        probs = torch.softmax(logits[i].float().cpu() / p.temperature, -1)
+        z = logits[i].double().cpu()  # the max is subtracted first: any temperature > 0 stays finite
+        probs = torch.softmax((z - z.max()) / p.temperature, -1).float()
         if p.top_p < 1.0:
             sorted_p, order = probs.sort(descending=True)
             cut = sorted_p.cumsum(0) - sorted_p > p.top_p  # keep the smallest prefix reaching top_p

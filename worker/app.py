@@ -1,7 +1,8 @@
 """The Celery app of the worker: `celery -A worker.app worker --pool solo -c 1`.
 
 One named task, `treelora.train(job_id)`; its body is `runner.run_job`. A sweeper thread sends
-again the jobs that need it (never sent, or whose worker died) so that every job finishes.
+again the jobs that need it (never sent, or whose worker died: reported as `job.worker_lost` and
+re-queued) so that every job finishes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
 _stop = threading.Event()
-SWEEP_S = 15.0
+# how often the sweeper looks: a lost lease is reported (`job.worker_lost`) and its job sent again
+# at most this long after the lease ran out
+SWEEP_S = min(15.0, settings.lease_s / 4)
 
 
 @app.task(name=TRAIN_TASK, bind=True, max_retries=None)

@@ -23,10 +23,10 @@ from api.learners import load_learner, load_task
 from api.services import runs, training
 from api.services.training import JobInput, NewAdapter
 from api.settings import Settings
-from api.storage import BlobNotFound, BlobStore, make_store
+from api.storage import BlobError, BlobStore, make_store
 from treelora_core import persist, views
 from treelora_core.data import Task as TaskData
-from treelora_core.errors import Cancelled, ConfigError, DataError
+from treelora_core.errors import Cancelled, ConfigError, DataError, Diverged
 from treelora_core.learner import ContinualLearner
 
 from .claimed import ClaimedJob
@@ -42,8 +42,10 @@ def error_code(exc: BaseException) -> str:
         return "invalid_dataset"
     if isinstance(exc, ConfigError):
         return "invalid_config"
-    if isinstance(exc, BlobNotFound):
-        return "blob_missing"
+    if isinstance(exc, Diverged):  # non-finite loss or weights: nothing is committed
+        return "diverged"
+    if isinstance(exc, BlobError):  # blob_missing or blob_corrupt
+        return exc.code
     if isinstance(exc, OSError):
         return "io_error"
     return "internal"
@@ -62,8 +64,9 @@ def run_job(job_id: str, settings: Settings, store: BlobStore | None = None) -> 
     try:
         _train(job, hb, store or make_store(settings))
     except Cancelled:
-        with job.session() as session:
-            runs.cancelled(session=session, job_id=job_id, owner=owner)
+        if not hb.timed_out:  # past its time limit, the heartbeat has already failed the job
+            with job.session() as session:
+                runs.cancelled(session=session, job_id=job_id, owner=owner)
     except Conflict as exc:  # lost the lease: the worker that took over publishes the result
         log.warning("job %s: %s", job_id, exc.message)
     except Exception as exc:
@@ -128,7 +131,9 @@ def _evaluate(
     hb: Heartbeat, store: BlobStore, inp: JobInput, learner: ContinualLearner, new_task: TaskData
 ) -> tuple[dict[str, float], float]:
     """One new row of R: every task learned so far and the new one, by task id -> (scores by
-    task name, seconds)."""
+    task name, seconds). An old task whose stored splits are missing or corrupt is left out of
+    the row (null in R) with an `evaluation.skipped` event: one lost blob does not fail every
+    later job of the stream."""
     tasks = [*inp.learned, inp.task]
     scores: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -136,6 +141,11 @@ def _evaluate(
         hb.set_state(JobState.EVALUATING, {"phase": Phase.EVALUATING, "step": i, "total": len(tasks), "task": t.name})
         if hb.should_stop():
             raise Cancelled("cancelled while evaluating")
-        data = new_task if t.id == inp.task.id else load_task(store=store, task=t)
+        try:
+            data = new_task if t.id == inp.task.id else load_task(store=store, task=t)
+        except BlobError as exc:
+            log.warning("job %s: not scoring task %s: %s", hb.job.job_id, t.name, exc.message)
+            hb.event("evaluation.skipped", {"task": t.name, "code": exc.code, "key": exc.key, "message": exc.message})
+            continue
         scores[t.name] = round(learner.evaluate(data, "task_id"), 2)
     return scores, round(time.perf_counter() - t0, 2)

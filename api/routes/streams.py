@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
+from .. import learners
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..errors import TooLarge
-from ..schemas import JobOut, Page, StreamCreate, StreamOut, TaskOut, TaskSubmitted
-from ..services import streams, tasks
+from ..schemas import JobOut, Page, StreamCreate, StreamDeletedOut, StreamOut, TaskOut, TaskSubmitted
+from ..services import lifecycle, streams, tasks
+from ..services.common import NAME_PATTERN
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -18,7 +20,8 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 @router.post("", status_code=201, response_model=StreamOut)
 def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep) -> StreamOut:
     sections = {"lora", "train", "tree", "paper", "ewc", "o_lora", "lora_top"}
-    config = {k: v for k, v in body.model_dump(include=sections).items() if v is not None}
+    # the fields the client set; the engine fills in its defaults
+    config = {k: v for k, v in body.model_dump(include=sections, exclude_unset=True).items() if v is not None}
     stream = streams.create_stream(
         session=session,
         settings=settings,
@@ -26,6 +29,7 @@ def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep
         base_model=body.base_model,
         strategy=body.strategy,
         config={**config, "chat_template": body.chat_template},
+        linear_names=lambda model: learners.linear_names(settings, model),
     )
     return StreamOut.model_validate(stream)
 
@@ -41,6 +45,13 @@ def get_stream(stream_id: str, session: SessionDep) -> StreamOut:
     return StreamOut.model_validate(streams.get_stream(session=session, stream_id=stream_id))
 
 
+@router.delete("/{stream_id}", response_model=StreamDeletedOut)
+def delete_stream(stream_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep) -> StreamDeletedOut:
+    """The stream's rows, then the blobs no other stream names (409 while a job is unfinished)."""
+    out = lifecycle.delete_stream(session=session, store=store, stream_id=stream_id, grace_s=settings.blob_grace_s)
+    return StreamDeletedOut.model_validate(out, from_attributes=True)
+
+
 def _read(upload: UploadFile, limit: int, param: str) -> bytes:
     data = upload.file.read(limit + 1)
     if len(data) > limit:
@@ -54,7 +65,9 @@ def submit_task(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
-    name: Annotated[str, Form(description="task name, unique in the stream")],
+    name: Annotated[
+        str, Form(pattern=NAME_PATTERN, description="task name, unique in the stream; rules as a stream name's")
+    ],
     file: Annotated[UploadFile, File(description="training data: JSONL of {prompt, completion}")],
     metric: Annotated[str, Form(description="exact_match or rouge_l")] = "exact_match",
     eval_file: Annotated[UploadFile | None, File(description="optional eval split (else held out)")] = None,
@@ -83,3 +96,15 @@ def list_tasks(stream_id: str, session: SessionDep, after: str | None = None, li
 @router.get("/{stream_id}/tasks/{task_id}", response_model=TaskOut)
 def get_task(stream_id: str, task_id: str, session: SessionDep) -> TaskOut:
     return TaskOut.model_validate(tasks.get_task(session=session, stream_id=stream_id, task_id=task_id))
+
+
+@router.post("/{stream_id}/tasks/{task_id}/retire", response_model=TaskOut)
+def retire_task(stream_id: str, task_id: str, session: SessionDep) -> TaskOut:
+    """Stop serving a learned task (predict by id: 410; auto routing skips it); it stays in the tree and R."""
+    return TaskOut.model_validate(lifecycle.retire_task(session=session, stream_id=stream_id, task_id=task_id))
+
+
+@router.post("/{stream_id}/tasks/{task_id}/unretire", response_model=TaskOut)
+def unretire_task(stream_id: str, task_id: str, session: SessionDep) -> TaskOut:
+    """Serve a retired task again."""
+    return TaskOut.model_validate(lifecycle.unretire_task(session=session, stream_id=stream_id, task_id=task_id))

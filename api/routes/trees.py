@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from ..deps import InferenceDep, SessionDep
+from ..deps import InferenceDep, SessionDep, SettingsDep
 from ..schemas import AdapterOut, PredictIn, PredictOut, ScoreIn, ScoreOut
-from ..services import streams, trees
+from ..services import lifecycle, streams, trees
 from ..services.tasks import get_learned_task
 
 router = APIRouter(prefix="/v1/streams/{stream_id}", tags=["tree"])
@@ -19,6 +19,15 @@ Version = Annotated[int | None, Query(ge=0, description="a tree version (default
 @router.get("/tree")
 def get_tree(stream_id: str, session: SessionDep, version: Version = None) -> dict[str, Any]:
     return trees.tree(session=session, stream_id=stream_id, version=version)
+
+
+@router.get("/router")
+def get_router(stream_id: str, session: SessionDep, settings: SettingsDep, version: Version = None) -> dict[str, Any]:
+    """The task router of a version: its tasks, its routing confidence's calibration and the
+    default `low_confidence` threshold."""
+    return trees.router(
+        session=session, stream_id=stream_id, version=version, min_confidence=settings.route_min_confidence
+    )
 
 
 @router.get("/tree/versions")
@@ -51,6 +60,7 @@ def list_adapters(stream_id: str, session: SessionDep, version: Version = None) 
 )
 def download_adapter(stream_id: str, task_id: str, session: SessionDep, inference: InferenceDep) -> Response:
     stream, task, tv = trees.learned(session=session, stream_id=stream_id, task_id=task_id)
+    lifecycle.check_servable(task, param="task_id")
     data = inference.adapter_archive(stream, tv, task.name)
     headers = {
         "Content-Disposition": f'attachment; filename="{task.name}-v{tv.version}-peft.tar.gz"',
@@ -64,24 +74,27 @@ def evaluations(stream_id: str, session: SessionDep) -> dict[str, Any]:
     return trees.evaluations(session=session, stream_id=stream_id)
 
 
-def _resolve(session: SessionDep, stream_id: str, task: str) -> tuple[Any, str]:
-    """The stream (its `tree_version` is the version this request is served on) and the task."""
+def _resolve(session: SessionDep, stream_id: str, task: str) -> tuple[Any, str, frozenset[str]]:
+    """The stream (its `tree_version` is the version this request is served on), the task (410
+    when retired) and the retired tasks, which auto routing leaves out."""
     stream = streams.get_stream(session=session, stream_id=stream_id)
     if task != "auto":
-        task = get_learned_task(session=session, stream_id=stream.id, task_id=task, param="task").name
+        learned = get_learned_task(session=session, stream_id=stream.id, task_id=task, param="task")
+        task = lifecycle.check_servable(learned, param="task").name
+    retired = lifecycle.retired_names(session=session, stream_id=stream.id)
     session.close()  # generation can take a while: do not hold a connection
-    return stream, task
+    return stream, task, retired
 
 
 @router.post("/predict", response_model=PredictOut)
 def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
-    stream, task = _resolve(session, stream_id, body.task)
+    stream, task, retired = _resolve(session, stream_id, body.task)
     gen = body.model_dump(exclude={"inputs", "task", "stop"})
-    return inference.predict(stream, task, body.inputs, stop=tuple(body.stop), **gen)
+    return inference.predict(stream, task, body.inputs, stop=tuple(body.stop), retired=retired, **gen)
 
 
 @router.post("/score", response_model=ScoreOut)
 def score(stream_id: str, body: ScoreIn, session: SessionDep, inference: InferenceDep) -> dict[str, Any]:
     """Classification without free generation: the log-likelihood of each choice per input."""
-    stream, task = _resolve(session, stream_id, body.task)
-    return inference.score(stream, task, body.inputs, body.choices, body.min_confidence, body.routing)
+    stream, task, retired = _resolve(session, stream_id, body.task)
+    return inference.score(stream, task, body.inputs, body.choices, body.min_confidence, body.routing, retired)

@@ -10,16 +10,26 @@ from sqlalchemy.orm import Session
 
 from ..errors import Invalid
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # also the request schemas' pattern
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # matched whole (fullmatch): no trailing newline
+# ids are `str_`, `tsk_` or `job_` and 22 hex digits (models.new_id): a name of that shape could
+# be another row's id, and streams and tasks are looked up by id or name
+ID_LIKE = re.compile(r"(str|tsk|job)_[0-9a-f]{22}", re.IGNORECASE)
 MAX_LIMIT = 100
 
 
-def check_name(value: Any, param: str = "name") -> str:
-    if not isinstance(value, str) or not NAME.match(value):
+def check_name(value: Any, param: str = "name", reserved: tuple[str, ...] = ()) -> str:
+    """A stream or task name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or
+    digit; never the shape of an id, nor one of `reserved` (e.g. "auto" for tasks)."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         raise Invalid(
             f"{param} must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",
             param=param,
         )
+    if ID_LIKE.fullmatch(value):
+        raise Invalid(f"{param} must not look like an id (str_, tsk_ or job_ and 22 hex digits)", param=param)
+    if value in reserved:
+        raise Invalid(f"{param} {value!r} is reserved", param=param)
     return value
 
 

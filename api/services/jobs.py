@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..enums import TERMINAL, JobState, Phase, TaskState
@@ -36,6 +39,39 @@ def list_jobs(
 def list_events(*, session: Session, job_id: str, after: int | None, limit: int = 100) -> tuple[list[JobEvent], bool]:
     get_job(session=session, job_id=job_id)
     return page(session, select(JobEvent).where(JobEvent.job_id == job_id), JobEvent.id, after=after, limit=limit)
+
+
+def event_backlog(*, session: Session, job_id: str, after: int | None) -> tuple[Job, list[JobEvent], int]:
+    """What a new live listener starts from: the job, its events after `after`, and an event id
+    (0 when none) that every event up to is in the list. Read in that order: a final state implies
+    that the events written with it are in the list."""
+    job = get_job(session=session, job_id=job_id)
+    last = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
+    q = select(JobEvent).where(JobEvent.job_id == job_id)
+    rows = list(session.scalars((q if after is None else q.where(JobEvent.id > after)).order_by(JobEvent.id)))
+    return job, rows, int(last or 0)
+
+
+def live_updates(
+    *, session: Session, job_ids: Collection[str], cursors: dict[str, int], limit: int
+) -> tuple[dict[str, tuple[str, dict[str, Any]]], list[JobEvent], bool]:
+    """One poll for every job somebody follows live: each job's (state, progress), read first,
+    then the events after each job's cursor (jobs without a cursor get none), in id order ->
+    (states, events, more: the limit cut the events short)."""
+    states = {
+        r.id: (r.state, r.progress)
+        for r in session.execute(select(Job.id, Job.state, Job.progress).where(Job.id.in_(list(job_ids))))
+    }
+    if not cursors:
+        return states, [], False
+    q = (
+        select(JobEvent)
+        .where(JobEvent.job_id.in_(list(cursors)), JobEvent.id > min(cursors.values()))
+        .order_by(JobEvent.id)
+        .limit(limit)
+    )
+    rows = list(session.scalars(q))
+    return states, [e for e in rows if e.id > cursors[e.job_id]], len(rows) == limit
 
 
 def cancel_job(*, session: Session, job_id: str) -> Job:

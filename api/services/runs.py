@@ -3,18 +3,20 @@
 Every transition is a conditional UPDATE, so it is atomic on PostgreSQL and on SQLite alike:
 - the stream lock is `streams.active_job_id`, taken only by the stream's oldest unfinished job
   and only when free or held by a job that finished or lost its lease;
-- a job is claimed when queued, or when running with an expired lease (its worker died); each
-  claim bumps `attempt` and names a new `lease_owner`, so a stale worker's writes match no row;
+- a job is claimed when queued; each claim bumps `attempt` and names a new `lease_owner`, so a
+  stale worker's writes match no row;
+- a running job whose lease ran out (its worker died) is reported with a `job.worker_lost` event
+  and re-queued (or failed after MAX_ATTEMPTS), once, by the first sweeper or claim that sees it;
 - the result commits in one transaction that first checks the lease and the base tree version.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, and_, exists, or_, select, update
+from sqlalchemy import CursorResult, Update, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..enums import ACTIVE, TERMINAL, JobState, Outcome, Phase, TaskState
@@ -49,6 +51,8 @@ def claim(*, session: Session, job_id: str, owner: str, lease_s: float) -> Claim
     expired = job.lease_expires_at is not None and job.lease_expires_at < t
     if job.state in ACTIVE and not expired:
         return Claim(Outcome.SKIP)
+    if job.state in ACTIVE and worker_lost(session=session, job=job, t=t) != JobState.QUEUED:
+        return Claim(Outcome.SKIP)  # failed (too many attempts), or another process got there first
     if job.attempt >= MAX_ATTEMPTS:
         fail(
             session=session, job_id=job_id, owner=None, code="worker_lost", message="the job lost its worker too often"
@@ -81,7 +85,7 @@ def claim(*, session: Session, job_id: str, owner: str, lease_s: float) -> Claim
         update(Job)
         .where(
             Job.id == job_id,
-            or_(Job.state == JobState.QUEUED, and_(Job.state.in_(ACTIVE), Job.lease_expires_at < t)),
+            Job.state == JobState.QUEUED,
         )
         .values(
             state=JobState.RUNNING,
@@ -129,10 +133,12 @@ def heartbeat(
     return bool(ours), cancel
 
 
-def _finish(session: Session, job_id: str, owner: str | None, state: JobState, values: dict[str, Any]) -> bool:
-    """End an unfinished job in `state` (with `owner`, only while it holds the lease), release its
-    stream's lock and settle its task."""
-    cond = [Job.id == job_id, Job.state.not_in(TERMINAL)]
+def _finish(
+    session: Session, job_id: str, owner: str | None, state: JobState, values: dict[str, Any], *where: Any
+) -> bool:
+    """End an unfinished job in `state` (with `owner`, only while it holds the lease; and while
+    `where` holds), release its stream's lock and settle its task."""
+    cond = [Job.id == job_id, Job.state.not_in(TERMINAL), *where]
     if owner is not None:
         cond.append(Job.lease_owner == owner)
     done = _changed(session, update(Job).where(*cond).values(state=state, finished_at=now(), **values))
@@ -236,19 +242,53 @@ def commit_version(
     return version
 
 
-def sweep(*, session: Session, settings: Settings) -> list[str]:
-    """Jobs to send again: queued ones never (or long ago) sent, and active ones whose lease
-    expired (their worker died). The claim decides what actually runs, so a resend is safe."""
-    t = now()
-    stale = t - timedelta(seconds=settings.requeue_after_s)
-    q = select(Job).where(
-        or_(
-            and_(Job.state == JobState.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale)),
-            and_(Job.state.in_(ACTIVE), Job.lease_expires_at < t),
+def worker_lost(*, session: Session, job: Job, t: datetime) -> JobState | None:
+    """A job whose lease ran out (its worker died or stopped renewing): record `job.worker_lost`
+    and put it back in the queue, or fail it with `worker_lost` once it has had MAX_ATTEMPTS.
+    A conditional UPDATE on the lost lease makes it happen once, whoever sees it first (a sweeper
+    or a claim) -> the job's new state, or None when the lease was renewed or already handled."""
+    owner, expired_at, attempt = job.lease_owner, job.lease_expires_at, job.attempt
+    lost = (Job.state.in_(ACTIVE), Job.lease_owner == owner, Job.lease_expires_at < t)
+    data = {"attempt": attempt, "worker": owner, "lease_expired_at": expired_at.isoformat() if expired_at else None}
+    if attempt < MAX_ATTEMPTS:
+        state = JobState.QUEUED
+        done = _changed(
+            session,
+            update(Job)
+            .where(Job.id == job.id, *lost)
+            .values(
+                state=state, lease_owner=None, lease_expires_at=None, enqueued_at=t, progress={"phase": Phase.QUEUED}
+            ),
         )
-    )
+    else:
+        state = JobState.FAILED
+        message = f"the job lost its worker {attempt} times"
+        values = {"error_code": "worker_lost", "error_message": message, "progress": {"phase": Phase.FAILED}}
+        done = _finish(session, job.id, owner, state, values, *lost)
+    if not done:
+        session.rollback()
+        return None
+    _event(session, job.id, "job.worker_lost", {**data, "then": state})
+    if state == JobState.FAILED:
+        _event(session, job.id, "job.failed", {"code": "worker_lost", "message": message})
+    session.commit()
+    session.refresh(job)
+    return state
+
+
+def sweep(*, session: Session, settings: Settings) -> list[str]:
+    """Jobs to send again: the jobs whose lease ran out (their worker died: each is reported with
+    `job.worker_lost` and re-queued, or failed after MAX_ATTEMPTS), and queued ones never (or
+    long ago) sent. The claim decides what actually runs, so a resend is safe."""
+    t = now()
+    ids = []
+    for job in list(session.scalars(select(Job).where(Job.state.in_(ACTIVE), Job.lease_expires_at < t))):
+        if worker_lost(session=session, job=job, t=t) == JobState.QUEUED:
+            ids.append(job.id)
+    stale = t - timedelta(seconds=settings.requeue_after_s)
+    q = select(Job).where(Job.state == JobState.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))
     jobs = list(session.scalars(q))
     for job in jobs:
         job.enqueued_at = t
     session.commit()
-    return [j.id for j in jobs]
+    return ids + [j.id for j in jobs]

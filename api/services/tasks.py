@@ -3,10 +3,12 @@ the task and its training job in one transaction. A rejected upload stores nothi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Container
 
-from sqlalchemy import select
+from sqlalchemy import case, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from treelora_core.data import METRICS, Example, parse_records, to_jsonl
@@ -14,7 +16,7 @@ from treelora_core.errors import DataError
 
 from ..enums import JobState, Phase, TaskState
 from ..errors import Conflict, Invalid, NotFound
-from ..models import Job, JobEvent, Task, new_id
+from ..models import Job, JobEvent, Stream, Task, new_id
 from ..queue import enqueue
 from ..settings import Settings
 from ..storage import BlobStore
@@ -52,7 +54,7 @@ def submit_task(
     eval_data: bytes | None,
 ) -> tuple[Task, Job]:
     stream = get_stream(session=session, stream_id=stream_id)
-    check_name(name)
+    check_name(name, reserved=("auto",))  # predict's task "auto" means routing: no task takes the name
     if metric not in METRICS:
         raise Invalid(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", param="metric")
     if session.scalar(select(Task.id).where(Task.stream_id == stream.id, Task.name == name)) is not None:
@@ -63,15 +65,14 @@ def submit_task(
     else:
         records, evals = split_holdout(records, settings)
         source = "holdout"
-    # blobs first: a row never points at a missing object
     train_blob, eval_blob = to_jsonl(records), to_jsonl(evals)
     task = Task(
         id=new_id("tsk"),
         stream_id=stream.id,
         name=name,
         metric=metric,
-        train_sha256=store.put(train_blob),
-        eval_sha256=store.put(eval_blob),
+        train_sha256=hashlib.sha256(train_blob).hexdigest(),
+        eval_sha256=hashlib.sha256(eval_blob).hexdigest(),
         n_train=len(records),
         n_eval=len(evals),
         eval_source=source,
@@ -80,12 +81,20 @@ def submit_task(
     job = Job(
         id=new_id("job"), stream_id=stream.id, task_id=task.id, state=JobState.QUEUED, progress={"phase": Phase.QUEUED}
     )
-    session.add(task)
-    session.flush()  # no ORM relationships: insert the parent row first
-    session.add(job)
-    session.flush()
-    session.add(JobEvent(job_id=job.id, type="job.queued", data={"task": name}))
-    session.commit()
+    _reserve(session, task, stream.name)
+    try:
+        session.add(job)
+        session.flush()
+        session.add(JobEvent(job_id=job.id, type="job.queued", data={"task": name}))
+        session.flush()
+        # the blobs before the commit: a committed row never points at a missing object
+        for blob, sha in ((train_blob, task.train_sha256), (eval_blob, task.eval_sha256)):
+            if store.put(blob) != sha:
+                raise OSError("object store returned a different content hash")
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
     try:
         enqueue(settings, job.id)
         job.enqueued_at = job.created_at
@@ -95,11 +104,28 @@ def submit_task(
     return task, job
 
 
+def _reserve(session: Session, task: Task, stream_name: str) -> None:
+    """Insert the task row, uncommitted, before any blob is written: it holds the name. A
+    concurrent upload of the same name waits on the unique constraint and, once this one
+    commits, gets a 409 without having written anything; if this one fails, that one goes on."""
+    session.add(task)
+    try:
+        session.flush()  # no ORM relationships: the parent row goes first
+    except IntegrityError:
+        session.rollback()
+        if session.get(Stream, task.stream_id) is None:  # deleted meanwhile (foreign key)
+            raise NotFound(f"no stream {stream_name!r}", param="stream_id") from None
+        raise Conflict(f"stream {stream_name!r} already has a task named {task.name!r}", param="name") from None
+
+
 def get_task(*, session: Session, stream_id: str, task_id: str) -> Task:
-    """By id or by name within the stream."""
+    """By id or by name within the stream; an id wins (see `streams.get_stream`)."""
     stream = get_stream(session=session, stream_id=stream_id)
     task = session.scalar(
-        select(Task).where(Task.stream_id == stream.id, (Task.id == task_id) | (Task.name == task_id))
+        select(Task)
+        .where(Task.stream_id == stream.id, (Task.id == task_id) | (Task.name == task_id))
+        .order_by(case((Task.id == task_id, 0), else_=1))
+        .limit(1)
     )
     if task is None:
         raise NotFound(f"stream {stream.name!r} has no task {task_id!r}", param="task_id")

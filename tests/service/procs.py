@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from api.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -74,3 +76,8 @@ def wait_jobs(base: str, job_ids: list[str], procs: list[Proc], timeout: float =
                 raise RuntimeError(f"a service process died:\n{p.tail()}")
         time.sleep(1)
     raise TimeoutError(f"jobs not done after {timeout}s: {[j['state'] for j in jobs]}\n{procs[-1].tail()}")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The `TREELORA_*` variables that make a service process read these settings."""
+    return {f"TREELORA_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from api.migrate import downgrade, upgrade
 from api.models import Base
@@ -43,3 +43,49 @@ def test_upgrade_downgrade_upgrade(backend: str, pg_server_url: str, tmp_path: P
     upgrade(url)
     assert tables(url) == set(Base.metadata.tables)
     assert schema_diff(url) == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_task_retirement_migration_keeps_existing_rows(backend: str, pg_server_url: str, tmp_path: Path) -> None:
+    """0002 adds `tasks.retired_at` (null: served) to a database that already holds tasks, and
+    its downgrade drops the column and keeps the rows."""
+    url = fresh_database(pg_server_url) if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0001")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "insert into streams (id, name, base_model, strategy, config, tree_version, created_at)"
+                " values ('str_1', 's', 'm', 'treelora', '{}', 0, '2026-01-01T00:00:00+00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "insert into tasks (id, stream_id, name, metric, status, train_sha256, eval_sha256, n_train,"
+                " n_eval, eval_source, bytes, created_at) values ('tsk_1', 'str_1', 't', 'exact_match',"
+                " 'learned', 'a', 'b', 1, 1, 'holdout', 2, '2026-01-01T00:00:00+00:00')"
+            )
+        )
+    engine.dispose()
+    upgrade(url)
+    assert "retired_at" in {c["name"] for c in inspect_columns(url, "tasks")}
+    assert rows(url, "select id, retired_at from tasks") == [("tsk_1", None)]
+    assert schema_diff(url) == []
+    downgrade(url, "0001")
+    assert "retired_at" not in {c["name"] for c in inspect_columns(url, "tasks")}
+    assert rows(url, "select id, name from tasks") == [("tsk_1", "t")]
+
+
+def inspect_columns(url: str, table: str) -> list[dict[str, object]]:
+    engine = create_engine(url)
+    cols = list(inspect(engine).get_columns(table))
+    engine.dispose()
+    return cols  # type: ignore[return-value]
+
+
+def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        out = [tuple(r) for r in conn.execute(text(sql))]
+    engine.dispose()
+    return out

@@ -1,26 +1,38 @@
 """The job lifecycle on real PostgreSQL and S3, with `run_job` called in-process on a tiny random
 Llama (the end-to-end test runs SmolLM2 in a real Celery worker): commit, ordering, cancel,
-failure, and a lost worker's job taken over exactly once."""
+failure, the time limit, few event rows, and a lost worker's job taken over exactly once, in
+process and with a real Celery worker killed mid-training."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from api.db import session_factory
 from api.errors import Conflict
-from api.models import Job, Stream, TreeVersion, now
+from api.main import create_app
+from api.models import Job, JobEvent, Stream, TreeVersion, now
 from api.services import runs
 from api.settings import Settings
+from worker.heartbeat import EPOCH_EVENT_S
 from worker.runner import run_job
 
 from .conftest import ROWS, make_stream, submit
+from .procs import Proc, settings_env
+
+T = TypeVar("T")
 
 
 def stream_row(settings: Settings, name: str = "s") -> Stream:
@@ -28,6 +40,33 @@ def stream_row(settings: Settings, name: str = "s") -> Stream:
         row = s.scalar(select(Stream).where(Stream.name == name))
         assert row is not None
         return row
+
+
+def events(settings: Settings, job_id: str) -> list[JobEvent]:
+    with session_factory(settings.db_url)() as s:
+        return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def job_row(settings: Settings, job_id: str) -> Job:
+    with session_factory(settings.db_url)() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def celery_ready(worker: Proc) -> bool | None:
+    if worker.p.poll() is not None:
+        raise RuntimeError(f"the worker exited:\n{worker.tail()}")
+    return True if " ready." in worker.tail() else None
+
+
+def wait_for(what: Callable[[], T | None], timeout: float, why: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (got := what()) is not None:
+            return got
+        time.sleep(0.1)
+    raise TimeoutError(why)
 
 
 def test_jobs_commit_versions_in_order_and_rerun_is_a_no_op(wclient: TestClient, wsettings: Settings) -> None:
@@ -61,7 +100,7 @@ def test_jobs_commit_versions_in_order_and_rerun_is_a_no_op(wclient: TestClient,
 
 
 def test_cancel_stops_a_running_job_within_seconds(wclient: TestClient, wsettings: Settings) -> None:
-    make_stream(wclient, epochs=200, patience=0)
+    make_stream(wclient, epochs=100, patience=0)  # the most a stream accepts
     job = submit(wclient, "long", ROWS * 4)
     t = threading.Thread(target=run_job, args=(job["id"], wsettings))
     t.start()
@@ -110,6 +149,11 @@ def test_a_lost_workers_job_is_taken_over_and_finishes_once(wclient: TestClient,
         s.execute(update(Job).where(Job.id == job["id"]).values(lease_expires_at=now() - timedelta(seconds=1)))
         s.commit()
         assert runs.sweep(session=s, settings=wsettings) == [job["id"]]  # the sweeper sends it again
+    lost = [e for e in events(wsettings, job["id"]) if e.type == "job.worker_lost"]
+    assert len(lost) == 1 and lost[0].data["worker"] == "dead-worker" and lost[0].data["then"] == "queued"
+    assert wclient.get(f"/v1/jobs/{job['id']}").json()["state"] == "queued"  # re-queued, not "running"
+    with session_factory(wsettings.db_url)() as s:
+        assert runs.sweep(session=s, settings=wsettings) == []  # reported once
     assert run_job(job["id"], wsettings) == "done"
     done = wclient.get(f"/v1/jobs/{job['id']}").json()
     assert done["state"] == "succeeded" and done["attempt"] == 2
@@ -140,3 +184,120 @@ def test_streams_hold_separate_locks(wclient: TestClient, wsettings: Settings) -
         assert runs.claim(session=s, job_id=ja["id"], owner="w1", lease_s=60).outcome == "claimed"
         assert runs.claim(session=s, job_id=jb["id"], owner="w2", lease_s=60).outcome == "claimed"
         assert {r.active_job_id for r in s.scalars(select(Stream))} == {ja["id"], jb["id"]}
+
+
+def test_a_job_that_loses_its_worker_three_times_fails_with_worker_lost(
+    wclient: TestClient, wsettings: Settings
+) -> None:
+    make_stream(wclient)
+    job = submit(wclient, "cursed")
+    with session_factory(wsettings.db_url)() as s:
+        for attempt in range(1, runs.MAX_ATTEMPTS + 1):
+            assert runs.claim(session=s, job_id=job["id"], owner=f"w{attempt}", lease_s=60).outcome == "claimed"
+            s.execute(update(Job).where(Job.id == job["id"]).values(lease_expires_at=now() - timedelta(seconds=1)))
+            s.commit()
+            sent = runs.sweep(session=s, settings=wsettings)
+            assert sent == ([job["id"]] if attempt < runs.MAX_ATTEMPTS else [])
+    failed = wclient.get(f"/v1/jobs/{job['id']}").json()
+    assert failed["state"] == "failed" and failed["error"]["code"] == "worker_lost" and failed["attempt"] == 3
+    lost = [e.data["then"] for e in events(wsettings, job["id"]) if e.type == "job.worker_lost"]
+    assert lost == ["queued", "queued", "failed"] and events(wsettings, job["id"])[-1].type == "job.failed"
+    assert stream_row(wsettings).active_job_id is None
+    assert wclient.get("/v1/streams/s/tasks/cursed").json()["status"] == "failed"
+
+
+def test_a_job_past_its_time_limit_fails_with_time_limit(wclient: TestClient, wsettings: Settings) -> None:
+    settings = wsettings.model_copy(update={"job_time_limit_s": 1.0})
+    make_stream(wclient, epochs=100, patience=0)
+    job = submit(wclient, "endless", ROWS * 8)
+    t0 = time.monotonic()
+    assert run_job(job["id"], settings) == "done"
+    assert time.monotonic() - t0 < 1.0 + 30  # the limit, a beat, and loading the model on a busy machine
+    failed = wclient.get(f"/v1/jobs/{job['id']}").json()
+    assert failed["state"] == "failed" and failed["error"]["code"] == "time_limit", failed
+    assert "1 s" in failed["error"]["message"] and failed["progress"]["phase"] == "failed"
+    assert stream_row(wsettings).tree_version == 0 and stream_row(wsettings).active_job_id is None
+    assert wclient.get("/v1/streams/s/tasks/endless").json()["status"] == "failed"
+    types = [e.type for e in events(wsettings, job["id"])]
+    assert types.count("job.failed") == 1 and "job.succeeded" not in types
+
+
+def test_event_rows_are_throttled_and_progress_stays_live(wclient: TestClient, wsettings: Settings) -> None:
+    make_stream(wclient, epochs=20, patience=0, batch_size=8)
+    job = submit(wclient, "many-epochs", ROWS[:10])  # one step per epoch
+    t0 = time.monotonic()
+    assert run_job(job["id"], wsettings) == "done"
+    took = time.monotonic() - t0
+    rows = events(wsettings, job["id"])
+    epochs = [e.data["epoch"] for e in rows if e.type == "epoch.validated"]
+    assert 1 <= len(epochs) <= 2 + took / EPOCH_EVENT_S and len(epochs) < 20  # not one row per epoch
+    assert epochs[0] == 0 and epochs[-1] == 19  # the first and the last epoch are kept
+    phases = [e.data["phase"] for e in rows if e.type == "job.phase"]
+    assert phases == ["train", "evaluating", "committing"]
+    types = [e.type for e in rows]
+    assert types[:2] == ["job.queued", "job.started"] and types[-1] == "job.succeeded"
+    assert len(rows) <= 10 + took / EPOCH_EVENT_S
+
+
+def test_a_killed_celery_worker_is_reported_within_its_lease_and_its_job_done_once(
+    wsettings: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    """Two real Celery workers; the one training the job is SIGKILLed mid-training. The other's
+    sweeper reports `job.worker_lost` once the lease runs out and sends the job again; it runs
+    from the stream's last committed version and commits exactly once. The lease is short for a
+    test but covers a worker's first model load on a loaded machine (native code that holds the
+    GIL can delay a beat by seconds there)."""
+    settings = wsettings.model_copy(
+        update={"broker_url": redis_url.rsplit("/", 1)[0] + "/3", "lease_s": 20.0, "heartbeat_s": 0.5}
+    )
+    redis.Redis.from_url(settings.broker_url).flushdb()
+    args = ["-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "-c", "1", "--loglevel", "INFO"]
+    workers = [Proc([*args, "-n", f"w{i}@%h"], settings_env(settings), tmp_path / f"worker{i}.log") for i in range(2)]
+    try:
+        for w in workers:  # seconds on an idle machine, minutes on a loaded one
+            wait_for(partial(celery_ready, w), 600, "worker not ready")
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            make_stream(client, epochs=30, patience=0, batch_size=8)  # 90 steps
+            job_id = submit(client, "long")["id"]
+
+        def training() -> Job | None:
+            job = job_row(settings, job_id)
+            return job if job.state == "running" and job.progress.get("phase") in ("train", "validate") else None
+
+        running = wait_for(training, 600, "the job never started training")
+        assert running.lease_owner is not None
+        pid = int(running.lease_owner.split(":")[-2])
+        victim, survivor = sorted(workers, key=lambda w: w.p.pid != pid)
+        assert victim.p.pid == pid
+        os.kill(pid, signal.SIGKILL)
+        killed, killed_at = time.monotonic(), now()
+
+        def lost_event() -> JobEvent | None:
+            lost = (e for e in events(settings, job_id) if e.type == "job.worker_lost")
+            return next((e for e in lost if e.data["attempt"] == running.attempt), None)
+
+        lost = wait_for(lost_event, 120, f"no worker_lost event:\n{survivor.tail()}")
+        lost_after = time.monotonic() - killed
+        sweep_s = settings.lease_s / 4  # worker.app.SWEEP_S for this lease
+        # not before the lease ran out, and at most one sweep after (2 s for a busy machine)
+        timeline = [(e.type, e.created_at.isoformat(), e.data) for e in events(settings, job_id)]
+        why = f"lost {lost_after:.2f} s after the kill at {killed_at.isoformat()}: {timeline}"
+        assert settings.lease_s - settings.heartbeat_s - 1 <= lost_after <= settings.lease_s + sweep_s + 2, why
+        assert lost.data["attempt"] == running.attempt == 1 and lost.data["worker"] == running.lease_owner, why
+        done = wait_for(
+            lambda: j if (j := job_row(settings, job_id)).state in ("succeeded", "failed") else None,
+            600,
+            f"the job did not finish:\n{survivor.tail()}",
+        )
+    finally:
+        for w in workers:
+            w.stop()
+    assert done.state == "succeeded" and done.attempt == 2 and done.result_version == 1
+    types = [e.type for e in events(settings, job_id)]
+    assert types.count("job.worker_lost") == 1 and types.count("job.started") == 2
+    assert types.count("job.succeeded") == 1 and "job.failed" not in types
+    started = [e.data["worker"] for e in events(settings, job_id) if e.type == "job.started"]
+    assert int(started[1].split(":")[-2]) == survivor.p.pid
+    with session_factory(settings.db_url)() as s:
+        assert [v.version for v in s.scalars(select(TreeVersion))] == [1]
+    assert stream_row(settings).tree_version == 1 and stream_row(settings).active_job_id is None

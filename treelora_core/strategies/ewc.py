@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..bounds import bounded, check_bounds
 from ..models import Encoded
 from .base import Context
 from .seq_lora import SHARED, SeqLoRA
@@ -21,14 +21,11 @@ from .seq_lora import SHARED, SeqLoRA
 
 @dataclass
 class EWCOptions:
-    lam: float = 1000.0  # penalty weight: loss + lam/2 * sum F (w - w*)^2
-    fisher_examples: int = 32  # training examples whose squared gradients make the Fisher
+    lam: float = bounded(1000.0, ge=0, le=1e9)  # penalty weight: loss + lam/2 * sum F (w - w*)^2
+    fisher_examples: int = bounded(32, ge=1, le=4096)  # training examples whose squared gradients make the Fisher
 
     def __post_init__(self) -> None:
-        if not self.lam >= 0:
-            raise ConfigError("ewc.lam must be >= 0", param="lam")
-        if self.fisher_examples < 1:
-            raise ConfigError("ewc.fisher_examples must be >= 1", param="fisher_examples")
+        check_bounds(self)
 
 
 class EWC(SeqLoRA):

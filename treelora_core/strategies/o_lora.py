@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..bounds import bounded, check_bounds
 from ..models import Encoded
 from ..types import Path
 from .base import Context, Strategy, TrainSetup
@@ -18,11 +18,10 @@ from .base import Context, Strategy, TrainSetup
 
 @dataclass
 class OLoRAOptions:
-    lam: float = 0.5  # orthogonality weight lambda1 (paper of O-LoRA: 0.5)
+    lam: float = bounded(0.5, ge=0, le=1000)  # orthogonality weight lambda1 (paper of O-LoRA: 0.5)
 
     def __post_init__(self) -> None:
-        if not self.lam >= 0:
-            raise ConfigError("o_lora.lam must be >= 0", param="lam")
+        check_bounds(self)
 
 
 class OLoRA(Strategy):

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, UnknownTaskError
+from ..bounds import bounded, check_bounds
+from ..errors import UnknownTaskError
 from ..models import Encoded
 from ..types import Path
 from .base import Context, Strategy, TrainSetup
@@ -48,11 +49,10 @@ class PerTaskLoRA(Strategy):
 
 @dataclass
 class LoraTopOptions:
-    own_blocks: int = 10  # adapters on the last this many blocks (treelora's `min_own_blocks`)
+    own_blocks: int = bounded(10, ge=1, le=1024)  # adapters on the last this many blocks (treelora's `min_own_blocks`)
 
     def __post_init__(self) -> None:
-        if self.own_blocks < 1:
-            raise ConfigError("own_blocks must be >= 1", param="own_blocks")
+        check_bounds(self)
 
 
 class LoraTop(PerTaskLoRA):

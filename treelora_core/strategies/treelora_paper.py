@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..bounds import bounded, check_bounds
 from ..errors import ConfigError
 from ..kdtree import GradientKDTree, LayerDist, LCBSearch, l1
 from ..models import Encoded
@@ -42,19 +43,17 @@ from .seq_lora import SHARED
 class PaperConfig:
     """`treelora_paper`: the paper's algorithm (shared LoRA + K-D tree + LCB + sparse updates)."""
 
-    reg_lambda: float = 0.5  # weight of the L1 gradient-difference penalty (paper: 0.5 for LLMs)
-    sparsity: float = 0.5  # fraction of gradient entries kept by the sparse operator S (top-k)
+    # weight of the L1 gradient-difference penalty (paper: 0.5 for LLMs)
+    reg_lambda: float = bounded(0.5, ge=0, le=1000)
+    sparsity: float = bounded(0.5, gt=0, le=1)  # fraction of gradient entries kept by the sparse operator S (top-k)
     search: Literal["lcb", "random", "none"] = "lcb"  # "random" and "none" are the paper's ablations
-    lcb_c: float = 2.0  # exploration constant of Eq. 2
-    signature_batches: int = 4  # minibatches averaged into a finished task's gradient signature
+    lcb_c: float = bounded(2.0, ge=0, le=100)  # exploration constant of Eq. 2
+    signature_batches: int = bounded(4, ge=1, le=64)  # minibatches averaged into a finished task's gradient signature
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if self.search not in ("lcb", "random", "none"):
             raise ConfigError("search must be lcb, random or none", param="search")
-        if not 0.0 < self.sparsity <= 1.0:
-            raise ConfigError("sparsity must be in (0, 1]", param="sparsity")
-        if not self.reg_lambda >= 0:
-            raise ConfigError("reg_lambda must be >= 0", param="reg_lambda")
 
 
 def _layer_distance(flat: torch.Tensor, layer: int) -> LayerDist:
