@@ -54,6 +54,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora[no_share]": ("treelora", {"tree": {"share": False}}),
     "treelora[random_relative]": ("treelora", {"tree": {"placement": "random"}}),
     "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share"}}),
+    "treelora[best_prefix]": ("treelora", {"tree": {"branch_rule": "best_prefix"}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -71,6 +72,7 @@ TARGET_PAIRS = (
     ("treelora", "treelora[no_share]"),
     ("treelora", "treelora[random_relative]"),
     ("treelora", "treelora[always_share]"),
+    ("treelora", "treelora[best_prefix]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),

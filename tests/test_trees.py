@@ -76,3 +76,16 @@ def test_lcb_needs_fewer_comparisons_than_flat_search() -> None:
     assert found == tree.nearest(dist)
     assert search.comparisons < len(tree) / 2  # the tree prunes most tasks
     assert tree.depth() <= 16
+
+
+def test_branch_rules_on_block_cosines() -> None:
+    from treelora_core.strategies.treelora import shared_blocks
+
+    noisy = [0.39, 0.41, 0.58, 0.57, 0.63, 0.71, 0.78, 0.47, 0.65, 0.71]  # a relative, one noisy pull
+    stranger = [0.11, 0.12, 0.25, 0.3, 0.23, 0.32, 0.44, 0.35, 0.73, 0.77]
+    assert shared_blocks(noisy, 0.5, "first_below") == 0
+    assert shared_blocks(noisy, 0.5, "best_prefix") == 10
+    assert shared_blocks(stranger, 0.5, "first_below") == 0
+    assert shared_blocks(stranger, 0.5, "best_prefix") == 0  # the deep blocks cannot pay back the shallow ones
+    assert shared_blocks([0.9, 0.8, 0.2, 0.1], 0.5, "best_prefix") == 2
+    assert shared_blocks([0.9, 0.8, 0.9], 0.5, "first_below") == 3

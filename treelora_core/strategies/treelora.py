@@ -23,6 +23,7 @@ MIN_PULLS = 1  # one minibatch finds the nearest task for most tasks; LCB asks f
 WARM_THRESHOLD = 0.3  # below this overall similarity a relative is no better than a fresh start
 
 Placement = Literal["search", "random", "always_share"]
+BranchRule = Literal["first_below", "best_prefix"]
 
 
 @dataclass
@@ -41,6 +42,10 @@ class TreeConfig:
     # block; "random": a uniformly random earlier task, then the same branch rule; "always_share":
     # a random earlier task, sharing all but the last `min_own_blocks` (the last two: ablations)
     placement: Placement = "search"
+    # where the branch starts: "first_below" shares blocks up to the first whose cosine is below
+    # `share_threshold`; "best_prefix" shares the prefix whose summed margin (cosine minus the
+    # threshold) is largest, so one noisy block near the input does not end sharing
+    branch_rule: BranchRule = "first_below"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
     # seed of the shared probe A (same for every task, so comparable)
     probe_seed: int = bounded(1234, ge=0, le=2**32 - 1)
@@ -49,6 +54,20 @@ class TreeConfig:
         check_bounds(self)
         if self.placement not in ("search", "random", "always_share"):
             raise ConfigError("placement must be search, random or always_share", param="placement")
+        if self.branch_rule not in ("first_below", "best_prefix"):
+            raise ConfigError("branch_rule must be first_below or best_prefix", param="branch_rule")
+
+
+def shared_blocks(cosines: list[float], threshold: float, rule: BranchRule) -> int:
+    """How many leading blocks a new task shares with its relative, from their block cosines."""
+    if rule == "first_below":
+        return next((k for k, c in enumerate(cosines) if c < threshold), len(cosines))
+    best, total, shared = 0.0, 0.0, 0
+    for k, c in enumerate(cosines):
+        total += c - threshold
+        if total > best:
+            best, shared = total, k + 1
+    return shared
 
 
 class TreeLoRA(Strategy):
@@ -117,11 +136,7 @@ class TreeLoRA(Strategy):
         assert relative is not None
         sig = pulls.mean(0)
         cos = block_cosines(sig, self.signatures[relative])
-        shared = 0
-        for c in cos[self.tree.start :].tolist():
-            if c < self.tc.share_threshold:
-                break
-            shared += 1
+        shared = shared_blocks(cos[self.tree.start :].tolist(), self.tc.share_threshold, self.tc.branch_rule)
         b = min(self.tree.start + shared, last_owned) if self.tc.share else self.tree.start
         sim = similarity(sig, self.signatures[relative], self.weights)
         info = {
