@@ -78,7 +78,7 @@ class Follower:
             if phase in ("done", "committing") and total:
                 completed = total
             self.progress.update(self.bar, total=total, completed=completed, phase=phase, count=count, detail=detail)
-        elif phase not in ("done", "failed", "cancelled"):  # the job's last event says how it ended
+        elif phase not in ("validate", "done", "failed", "cancelled"):  # events say these
             line = " · ".join(x for x in (phase, count, detail) if x)
             if line != self._last:
                 self._last = line

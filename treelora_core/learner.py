@@ -187,7 +187,7 @@ class ContinualLearner:
                             "phase": "validate",
                             "task": task.name,
                             "epoch": epoch,
-                            "val_loss": v,
+                            "val_loss": None if math.isnan(v) else v,  # None: no validation split
                             "step": step,
                             "total": total,
                         }

@@ -4,6 +4,7 @@ through its states; `worker.runner` does the learning in between."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,11 @@ def job_input(*, session: Session, job_id: str) -> JobInput:
     )
 
 
+def _finite(x: float) -> float | None:
+    """JSON on PostgreSQL refuses NaN and Infinity: a loss that is not a number is null."""
+    return round(x, 4) if math.isfinite(x) else None
+
+
 def job_report(*, report: TaskReport) -> dict[str, Any]:
     """`Job.report` and the `task.learned` event's data."""
     return {
@@ -52,8 +58,8 @@ def job_report(*, report: TaskReport) -> dict[str, Any]:
         "epochs_run": report.epochs_run,
         "steps": report.steps,
         "trainable_params": report.trainable_params,
-        "final_train_loss": round(report.final_train_loss, 4),
-        "val_losses": [round(v, 4) for v in report.val_losses],
+        "final_train_loss": _finite(report.final_train_loss),
+        "val_losses": [_finite(v) for v in report.val_losses],  # null: no validation split (NaN)
         "placement": report.placement,
         "phase_seconds": report.phase_seconds,
     }

@@ -235,3 +235,19 @@ def test_the_smallest_max_length_still_scores(wclient: TestClient, wsettings: Se
     )
     assert resp.status_code == 200, resp.text
     assert all(math.isfinite(c["logprob"]) for c in resp.json()["results"][0]["choices"])
+
+
+def test_no_validation_split_is_no_nan_in_the_database(wclient: TestClient, wsettings: Settings) -> None:
+    """`val_examples: 0` (the lowest bound: no early-stopping split) makes every validation loss
+    NaN, which PostgreSQL's JSON refuses: the report and the events carry null instead, and the
+    job succeeds with its events intact."""
+    make_stream(wclient, epochs=2, val_examples=0, patience=0)
+    job = submit(wclient, "no-val")
+    assert run_job(job["id"], wsettings) == "done"
+    done = wclient.get(f"/v1/jobs/{job['id']}").json()
+    assert done["state"] == "succeeded", done
+    assert done["report"]["val_losses"] == [None, None] and math.isfinite(done["report"]["final_train_loss"])
+    events = wclient.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert "task.learned" in [e["type"] for e in events]
+    validated = [e["data"] for e in events if e["type"] == "epoch.validated"]
+    assert validated and all(d["val_loss"] is None for d in validated)

@@ -65,7 +65,7 @@ def api(wclient: TestClient, wsettings: Settings, tmp_path: Path) -> Iterator[tu
     proc = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], env, tmp_path / "api.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{base}/readyz", proc)
+        wait_ready(f"{base}/readyz", proc, timeout=600)  # importing torch on a busy machine can be slow
         yield base, proc
     finally:
         proc.stop()

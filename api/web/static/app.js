@@ -37,7 +37,8 @@ function showAlert(box, message, { error = false, line, param } = {}) {
   if (line !== undefined && line !== null) {
     box.append(el("span", { class: "err-line", "data-line": String(line) }, `${param ? param + ", " : ""}line ${line}:`));
   }
-  box.append(document.createTextNode(message));
+  // the service's message may start with the line already: say it once
+  box.append(document.createTextNode(line !== undefined && line !== null ? message.replace(/^line \d+:\s*/, "") : message));
 }
 
 function fmtEta(s) {
@@ -101,9 +102,10 @@ function lineChart(svg, series, { xLabel = "", yFormat = (v) => v.toFixed(2) } =
     }
     const g = el("svg:g", { class: "legend" });
     g.append(el("svg:rect", { x: lx, y: 8, width: 10, height: 10, rx: 2, fill: s.color }));
-    g.append(el("svg:text", { x: lx + 14, y: 17 }, s.name));
+    const label = el("svg:text", { x: lx + 14, y: 17 }, s.name);
+    g.append(label);
     svg.append(g);
-    lx += 24 + s.name.length * 6.4;
+    lx += 28 + (label.getComputedTextLength() || s.name.length * 6.4);
   });
 }
 
