@@ -1,11 +1,25 @@
-"""Routing without a task id on the benchmark streams: flat nearest prototype vs tree descent.
+"""Routing without a task id on the benchmark streams: flat nearest prototype vs tree descent, and
+whether its confidence can be trusted.
 
-    python -m benchmarks.routing --trace-root ../shared/data/trace-500   # -> docs/benchmarks/routing.json
+    python -m benchmarks.routing --trace-root ../shared/data/trace-500
+    # -> docs/benchmarks/routing.json, docs/benchmarks/routing-reliability.png
 
-For each stream of the continual benchmark (quick profile: same tasks, same splits), the tree is
-the one `treelora` built in that benchmark's run (its placements in `<stream>.details.json`);
-prototypes come from each task's training prompts, as the learner makes them, and every test
-prompt is routed both ways. Only the frozen base model runs: no training.
+Streams: the continual benchmark's two (quick profile: same tasks, same splits) and a harder one,
+`wordnet32`: 32 WordNet tasks over random, overlapping 4-label sets with one template (the
+serving benchmark's kind of stream), where flat routing is wrong often enough to measure how its
+confidence ranks right against wrong routes. The router is built as the learner builds it: task
+by task, from each task's training prompts, which also give its held-out prompts and the
+calibration (`treelora_core.router`, `treelora_core.calibration`); the test prompts are never
+seen. Every test prompt is routed flat and, where the continual benchmark's `treelora` run left a
+tree (`<stream>.details.json`), by tree descent.
+
+Confidence figures are on the test prompts, for flat routes (the service's default routing):
+expected calibration error (10 equal-width bins), AUROC of confidence for right against wrong
+routes, and the shares of right and of wrong routes that `low_confidence` flags at the router's
+threshold. `before` is the confidence the router gave until now (a softmax over per-task best
+similarities at temperature 0.02, flagged below 0.5); `alternatives` are other calibrators fitted
+on the same held-out prompts, other thresholds for the default one, and a router with one
+prototype (the centroid) per task. Only the frozen base model runs: no training.
 """
 
 from __future__ import annotations
@@ -15,17 +29,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from benchmarks.continual import PROFILES, load_stream
 from treelora_core.adapter_tree import AdapterTree
+from treelora_core.calibration import RIGHT_FLAGGED, Calibrator, auroc, ece, pick_features
 from treelora_core.config import StreamConfig
+from treelora_core.data import Task, load_wordnet, wordnet_label_sets
 from treelora_core.learner import ContinualLearner
 from treelora_core.models import load_base
 from treelora_core.router import PrototypeRouter
 
-STREAMS = {"wordnet": "continual", "mixed": "continual-mixed"}
+STREAMS = {"wordnet": "continual", "mixed": "continual-mixed", "wordnet32": None}  # -> details file of its tree
+BINS = 10
+OLD_THRESHOLD = 0.5  # the service's default before calibration
 
 
 def tree_nodes(placements: list[dict[str, Any]], names: list[str], n_blocks: int) -> list[dict[str, Any]]:
@@ -33,44 +52,198 @@ def tree_nodes(placements: list[dict[str, Any]], names: list[str], n_blocks: int
     return AdapterTree.replay(placements, names, n_blocks).view_nodes()
 
 
-def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) -> dict[str, Any]:
-    tasks = load_stream(stream, PROFILES[(stream, "quick")], trace_root)
-    details = json.loads((folder / f"{STREAMS[stream]}.details.json").read_text())
-    seed_runs = details["runs"]["treelora"]
+def load(stream: str, trace_root: Path) -> tuple[list[Task], int]:
+    """The stream's tasks and the prompt length its benchmark encodes them with."""
+    if stream == "wordnet32":  # 100 + 50 per task: the smallest supersense has 40 glosses a label
+        tasks = load_wordnet(n_tasks=32, n_train=100, n_test=50, seed=7, classes=wordnet_label_sets(32, seed=7))
+        return tasks, 64
+    profile = PROFILES[(stream, "quick")]
+    return load_stream(stream, profile, trace_root), profile.max_length
+
+
+def tree_of(stream: str, tasks: list[Task], folder: Path, n_blocks: int) -> list[dict[str, Any]] | None:
+    """The tree the stream's `treelora` run built (lowest seed), if that run's details are there."""
+    name = STREAMS[stream]
+    path = folder / f"{name}.details.json" if name else None
+    if path is None or not path.exists():
+        return None
+    seed_runs = json.loads(path.read_text())["runs"]["treelora"]
     placements = [r["placement"] for r in seed_runs[min(seed_runs, key=int)]["per_task"]]
-    nodes = tree_nodes(placements, [t.name for t in tasks], learner.bank.n_blocks)
-    router = PrototypeRouter()
-    for t in tqdm(tasks, desc=f"{stream}: prototypes", unit="task"):
-        router.add(t.name, learner.embed([e.prompt for e in t.train]))
-    flat = tree = total = 0
-    for i, t in enumerate(tqdm(tasks, desc=f"{stream}: routing", unit="task")):
-        scores = router.scores(learner.embed([e.prompt for e in t.test]))
-        flat += int((scores.argmax(1) == i).sum())
-        tree += sum(router.descend(row, nodes) == i for row in scores)
-        total += len(t.test)
+    return tree_nodes(placements, [t.name for t in tasks], n_blocks)
+
+
+def figures(conf: torch.Tensor, right: torch.Tensor, threshold: float) -> dict[str, Any]:
+    low = conf < threshold
+    a = auroc(conf, right)
     return {
-        "tasks": len(tasks),
-        "test_prompts": total,
-        "flat": round(100 * flat / total, 1),
-        "tree": round(100 * tree / total, 1),
-        "tree_nodes": len(nodes),
+        "ece": round(ece(conf, right, BINS), 4),
+        "auroc": None if a is None else round(a, 4),
+        "low_confidence_right": round(float(low[right].double().mean()), 4) if right.any() else None,
+        "low_confidence_wrong": round(float(low[~right].double().mean()), 4) if (~right).any() else None,
+        "threshold": round(threshold, 4),
     }
+
+
+def reliability(conf: torch.Tensor, right: torch.Tensor) -> list[list[float]]:
+    """Per non-empty confidence bin: [mean confidence, accuracy, count]."""
+    idx = (conf * BINS).long().clamp(0, BINS - 1)
+    return [
+        [round(float(conf[m].mean()), 4), round(float(right[m].double().mean()), 4), int(m.sum())]
+        for b in range(BINS)
+        if (m := idx == b).any()
+    ]
+
+
+def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators: the increasing fit of y on x, as knots (each x, its fitted value)
+    to interpolate between (as scikit-learn's IsotonicRegression does)."""
+    order = np.argsort(x, kind="stable")
+    blocks: list[list[float]] = []  # [mean, weight]
+    for yi in y[order]:
+        blocks.append([float(yi), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] >= blocks[-1][0]:
+            b = blocks.pop()
+            a = blocks[-1]
+            a[0], a[1] = (a[0] * a[1] + b[0] * b[1]) / (a[1] + b[1]), a[1] + b[1]
+    fitted = np.concatenate([np.full(int(w), m) for m, w in blocks])
+    return x[order], fitted
+
+
+def quantile(right_conf: torch.Tensor) -> float:
+    """The confidence below which `RIGHT_FLAGGED` of these right routes fall (as the calibrator's
+    threshold rule takes it, before its floor of 0.5)."""
+    held = torch.sort(right_conf).values
+    return float(held[int(RIGHT_FLAGGED * (len(held) - 1))])
+
+
+def alternatives(
+    router: PrototypeRouter, views: list[torch.Tensor], picks: torch.Tensor, right: torch.Tensor
+) -> dict[str, Any]:
+    """Other calibrators on the router's held-out prompts, and other thresholds for its own."""
+    hv, labels = router.heldout_views()
+    hp = hv[0].argmax(1)
+    hr = hp == labels
+    out: dict[str, Any] = {}
+    margin = [((0, "margin"),)]
+    kx, ky = isotonic(pick_features(hv[0], hp)[:, 0].numpy(), hr.double().numpy())
+    iso_held = torch.from_numpy(np.interp(pick_features(hv[0], hp)[:, 0].numpy(), kx, ky))
+    iso = torch.from_numpy(np.interp(pick_features(views[0], picks)[:, 0].numpy(), kx, ky))
+    out["isotonic_margin"] = figures(iso, right, max(OLD_THRESHOLD, quantile(iso_held[hr])))
+    for name, cal in (
+        ("platt_margin", Calibrator.fit(hv[:1], hp, hr, candidates=margin)),
+        ("logistic_prototypes_only", Calibrator.fit(hv[:1], hp, hr)),
+    ):
+        out[name] = {**figures(cal.predict(views, picks), right, cal.threshold), "features": len(cal.features)}
+    assert router.calibrator is not None
+    conf = router.calibrator.predict(views, picks)
+    out["threshold_quantile_only"] = figures(conf, right, quantile(router.calibrator.predict(hv, hp)[hr]))
+    for t in (0.5, 0.7, 0.9):
+        out[f"threshold_{t}"] = figures(conf, right, t)
+    return out
+
+
+def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) -> tuple[dict[str, Any], dict]:
+    tasks, max_length = load(stream, trace_root)
+    learner.fmt.max_length = max_length
+    train = [learner.embed([e.prompt for e in t.train]) for t in tqdm(tasks, desc=f"{stream}: train", unit="task")]
+    test = [learner.embed([e.prompt for e in t.test]) for t in tqdm(tasks, desc=f"{stream}: test", unit="task")]
+    labels = torch.cat([torch.full((len(x),), i) for i, x in enumerate(test)])
+    router = PrototypeRouter()
+    for t, x in zip(tasks, train, strict=True):
+        router.add(t.name, x)
+    views = [torch.cat(v) for v in zip(*(router.views(x) for x in test), strict=True)]
+    picks = views[0].argmax(1)
+    right = picks == labels
+    conf = router.confidence(views, picks)
+    assert router.calibrator is not None
+    old = torch.softmax(views[0] / router.temperature, dim=1)[torch.arange(len(picks)), picks].double()
+    nodes = tree_of(stream, tasks, folder, learner.bank.n_blocks)
+    out: dict[str, Any] = {
+        "tasks": len(tasks),
+        "test_prompts": len(labels),
+        "flat": round(100 * float(right.double().mean()), 1),
+        "tree": None,
+        "tree_nodes": None,
+        "wrong_routes": int((~right).sum()),
+        **figures(conf, right, router.threshold),
+        "mean_confidence_right": round(float(conf[right].mean()), 4),
+        "mean_confidence_wrong": round(float(conf[~right].mean()), 4) if (~right).any() else None,
+        "held_out": {
+            **router.calibrator.figures,
+            "features": [f"{router.VIEWS[v]}.{f}" for v, f in router.calibrator.features],
+        },
+        "before": figures(old, right, OLD_THRESHOLD),
+    }
+    if nodes is not None:
+        tree_picks = torch.tensor([router.descend(row, nodes) for row in views[0]])
+        tree_right = tree_picks == labels
+        out.update(tree=round(100 * float(tree_right.double().mean()), 1), tree_nodes=len(nodes))
+        out["tree_confidence"] = figures(router.confidence(views, tree_picks), tree_right, router.threshold)
+    out["alternatives"] = alternatives(router, views, picks, right)
+    centroid = PrototypeRouter(per_task=1)
+    for t, x in zip(tasks, train, strict=True):
+        centroid.add(t.name, x)
+    cv = [torch.cat(v) for v in zip(*(centroid.views(x) for x in test), strict=True)]
+    cp = cv[0].argmax(1)
+    cr = cp == labels
+    out["alternatives"]["router_one_prototype"] = {
+        "flat": round(100 * float(cr.double().mean()), 1),
+        **figures(centroid.confidence(cv, cp), cr, centroid.threshold),
+    }
+    curves = {"calibrated": reliability(conf, right), "before": reliability(old, right)}
+    return out, curves
+
+
+def plot(results: dict[str, Any], curves: dict[str, dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4.2), squeeze=False)
+    for ax, (stream, c) in zip(axes[0], curves.items(), strict=True):
+        r = results[stream]
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        for key, style, label in (
+            ("calibrated", dict(color="C0", marker="o"), f"calibrated (ECE {r['ece']:.3f})"),
+            (
+                "before",
+                dict(color="C3", marker="s", mfc="none"),
+                f"softmax share before (ECE {r['before']['ece']:.3f})",
+            ),
+        ):
+            pts = c[key]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, **style, label=label)
+            for p in pts:
+                ax.annotate(str(p[2]), (p[0], p[1]), fontsize=6, xytext=(2, -8), textcoords="offset points")
+        ax.axvline(r["threshold"], color="C0", lw=0.6, ls=":")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (bin mean)")
+        ax.set_ylabel("share of routes right")
+        ax.set_title(f"{stream}: {r['tasks']} tasks, flat {r['flat']}%, AUROC {r['auroc']}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Routing confidence on test prompts (numbers: routes per bin; dotted: threshold)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace-root", type=Path, default=Path("../shared/data/trace-500"))
     ap.add_argument("--folder", type=Path, default=Path("docs/benchmarks"))
+    ap.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS))
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     model, tok = load_base()
     learner = ContinualLearner(model, tok, StreamConfig())
-    out = {}
-    for stream in STREAMS:
-        learner.fmt.max_length = PROFILES[(stream, "quick")].max_length
-        out[stream] = run(stream, learner, args.folder, args.trace_root)
-        tqdm.write(f"{stream}: {out[stream]}")
-    (args.folder / "routing.json").write_text(json.dumps(out, indent=1))
+    out, curves = {}, {}
+    for stream in args.streams:
+        out[stream], curves[stream] = run(stream, learner, args.folder, args.trace_root)
+        tqdm.write(f"{stream}: {json.dumps({k: v for k, v in out[stream].items() if k != 'alternatives'})}")
+    (args.folder / "routing.json").write_text(json.dumps(out, indent=1) + "\n")
+    plot(out, curves, args.folder / "routing-reliability.png")
 
 
 if __name__ == "__main__":

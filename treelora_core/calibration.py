@@ -146,14 +146,24 @@ class Calibrator:
     figures: dict[str, Any] = field(default_factory=dict)  # held-out prompts, wrong routes, ECE, AUROC
 
     @classmethod
-    def fit(cls, views: Sequence[torch.Tensor], picks: torch.Tensor, right: torch.Tensor, seed: int = 0) -> Calibrator:
+    def fit(
+        cls,
+        views: Sequence[torch.Tensor],
+        picks: torch.Tensor,
+        right: torch.Tensor,
+        seed: int = 0,
+        candidates: Sequence[tuple[Feature, ...]] | None = None,
+    ) -> Calibrator:
         """Fit on held-out rows: score `views` (each (N, T)), the task each row was routed to
-        (N,), whether that was its true task (N,)."""
+        (N,), whether that was its true task (N,). `candidates`: the feature sets to choose from
+        (default: `feature_sets`, as many features as the wrong routes allow)."""
         feats = view_features(views, picks)
         right = right.bool()
         n, wrong = len(right), int((~right).sum())
-        # at least EVENTS_PER_FEATURE of the rarer outcome per feature; one kind only: a constant
-        candidates = feature_sets(len(views), min(wrong, n - wrong) // EVENTS_PER_FEATURE) if 0 < wrong < n else [()]
+        if not 0 < wrong < n:
+            candidates = [()]  # one kind only: a constant
+        elif candidates is None:  # at least EVENTS_PER_FEATURE of the rarer outcome per feature
+            candidates = feature_sets(len(views), min(wrong, n - wrong) // EVENTS_PER_FEATURE)
         folds = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % FOLDS
         best: tuple[float, tuple[Feature, ...], torch.Tensor] | None = None
         for names in candidates:
