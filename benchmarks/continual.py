@@ -302,12 +302,12 @@ def task_seconds(cell: dict[str, Any], task: dict[str, Any]) -> float:
 def scores_array(cells: list[dict[str, Any]], key: str) -> np.ndarray:
     """(S, T, T, n) per-example scores, NaN where a task was not yet trained."""
     first = cells[0][key]
-    T, n = len(first), len(first[0][0])
+    T, n = len(first), max(len(ex) for ex in first[-1])  # tasks may have fewer test examples
     x = np.full((len(cells), T, T, n), np.nan)
     for s, cell in enumerate(cells):
         for t, row in enumerate(cell[key]):
             for i, ex in enumerate(row):
-                x[s, t, i] = ex
+                x[s, t, i, : len(ex)] = ex
     return x
 
 
@@ -318,7 +318,9 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
     if not cells:
         raise SystemExit(f"no finished cell under {cells_dir(out, stream, profile)}")
     any_cell = next(iter(next(iter(cells.values())).values()))
-    T, n = len(any_cell["R"]), len(any_cell["R"][0][0])
+    T = len(any_cell["R"])
+    n_per_task = [len(ex) for ex in any_cell["R"][-1]]
+    n: int | list[int] = n_per_task[0] if len(set(n_per_task)) == 1 else n_per_task
     arrays: dict[str, dict[int, np.ndarray]] = {}  # row name -> seed -> (1, T, T, n)
     methods: dict[str, Any] = {}
     for m, by_seed in cells.items():

@@ -185,18 +185,8 @@ def _serving(out: list[str], folder: Path) -> None:
             f"{ra['flat']}%, tree descent {ra['tree']}%.",
             "",
         ]
-    rt = folder / "routing.json"
-    if rt.exists():
-        r = json.loads(rt.read_text())
-        out += [
-            "The continual benchmark's streams (`python -m benchmarks.routing`; each stream's tree "
-            "replayed from its `treelora` run, prototypes from the training prompts):",
-            "",
-            "| stream | tasks | test prompts | flat % | tree % |",
-            "|---|---|---|---|---|",
-            *(f"| {k} | {v['tasks']} | {v['test_prompts']} | {v['flat']} | {v['tree']} |" for k, v in r.items()),
-            "",
-        ]
+    out.append("Routing on the continual benchmark's streams and its confidence: see [Routing](#routing).")
+    out.append("")
     ld = data.get("load")
     if ld:
         out += [
@@ -209,6 +199,81 @@ def _serving(out: list[str], folder: Path) -> None:
         ]
     out += ["![serving](benchmarks/serving.png)", ""]
     notes = folder / "serving-notes.md"
+    if notes.exists():
+        out += [notes.read_text()]
+
+
+ROUTING_CMD = "python -m benchmarks.routing --trace-root ../shared/data/trace-500"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _routing(out: list[str], folder: Path) -> None:
+    """Routing without a task id and how far its confidence can be trusted (`benchmarks.routing`)."""
+    out += ["## Routing", "", f"`{ROUTING_CMD}`", ""]
+    path = folder / "routing.json"
+    if not path.exists():
+        out += ["Not run yet.", ""]
+        return
+    r = json.loads(path.read_text())
+    out += [
+        'Every test prompt routed without a task id (`task: "auto"`) by a router built as the learner builds '
+        "it, from each task's training prompts; its confidence is calibrated on held-out training prompts "
+        "(cross-fitted), never on these test prompts. `wordnet` and `mixed` are the continual benchmark's "
+        "streams (quick profile; tree descent where that benchmark's `treelora` run left a tree); `wordnet32` "
+        "is 32 WordNet tasks over overlapping label sets with one template, where flat routing errs often "
+        "enough to rank right against wrong routes. Confidence figures are of flat routes: expected calibration "
+        "error (ECE, 10 bins), AUROC of confidence for right against wrong routes, and the percentages of "
+        "right and of wrong routes flagged `low_confidence` at the router's threshold. *Before*: the softmax "
+        "share the router gave until now, flagged below 0.5.",
+        "",
+        "| stream | tasks | test prompts | flat % | tree % | wrong routes | ECE | AUROC | flagged right % "
+        "| flagged wrong % | threshold | before: ECE | before: AUROC | before: flagged right % "
+        "| before: flagged wrong % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in r.items():
+        b = v["before"]
+        out.append(
+            f"| {k} | {v['tasks']} | {v['test_prompts']} | {v['flat']} | {v['tree'] if v['tree'] is not None else '-'} "
+            f"| {v['wrong_routes']} | {_num(v['ece'])} | {_num(v['auroc'])} | {_pct(v['low_confidence_right'])} "
+            f"| {_pct(v['low_confidence_wrong'])} | {v['threshold']:.3f} | {_num(b['ece'])} | {_num(b['auroc'])} "
+            f"| {_pct(b['low_confidence_right'])} | {_pct(b['low_confidence_wrong'])} |"
+        )
+    out += [
+        "",
+        "On the held-out training prompts the calibration was fitted on (its cross-validated figures, what "
+        "`GET /v1/streams/{id}/router` reports):",
+        "",
+        "| stream | held-out prompts | wrong routes | ECE | AUROC | features |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {k} | {h['held_out_prompts']} | {h['wrong_routes']} | {_num(h['ece'])} | {_num(h['auroc'])} "
+            f"| {', '.join(h['features'])} |"
+            for k, h in ((k, v["held_out"]) for k, v in r.items())
+        ),
+        "",
+        "Alternatives, on the same test prompts (calibrators fitted on the same held-out prompts, each with "
+        "the same threshold rule unless the row names a threshold; the last row is another router, one "
+        "prototype per task, calibrated the same way):",
+        "",
+        "| stream | alternative | flat % | ECE | AUROC | flagged right % | flagged wrong % | threshold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in r.items():
+        for name, a in v.get("alternatives", {}).items():
+            out.append(
+                f"| {k} | {name} | {a.get('flat', v['flat'])} | {_num(a['ece'])} | {_num(a['auroc'])} "
+                f"| {_pct(a['low_confidence_right'])} | {_pct(a['low_confidence_wrong'])} | {a['threshold']:.3f} |"
+            )
+    out += ["", "![routing reliability](benchmarks/routing-reliability.png)", ""]
+    notes = folder / "routing-notes.md"
     if notes.exists():
         out += [notes.read_text()]
 
@@ -261,6 +326,7 @@ def render(folder: Path, suffix: str = "") -> str:
     if notes.exists():
         out += [notes.read_text()]
     _serving(out, folder)
+    _routing(out, folder)
     return "\n".join(out) + "\n"
 
 

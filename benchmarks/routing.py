@@ -142,7 +142,7 @@ def alternatives(
     return out
 
 
-def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) -> tuple[dict[str, Any], dict]:
+def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) -> dict[str, Any]:
     tasks, max_length = load(stream, trace_root)
     learner.fmt.max_length = max_length
     train = [learner.embed([e.prompt for e in t.train]) for t in tqdm(tasks, desc=f"{stream}: train", unit="task")]
@@ -190,19 +190,20 @@ def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) 
         "flat": round(100 * float(cr.double().mean()), 1),
         **figures(centroid.confidence(cv, cp), cr, centroid.threshold),
     }
-    curves = {"calibrated": reliability(conf, right), "before": reliability(old, right)}
-    return out, curves
+    # per confidence bin: [mean confidence, share right, routes], for the reliability diagram
+    out["reliability"] = {"calibrated": reliability(conf, right), "before": reliability(old, right)}
+    return out
 
 
-def plot(results: dict[str, Any], curves: dict[str, dict], out: Path) -> None:
+def plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4.2), squeeze=False)
-    for ax, (stream, c) in zip(axes[0], curves.items(), strict=True):
-        r = results[stream]
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.2), squeeze=False)
+    for ax, (stream, r) in zip(axes[0], results.items(), strict=True):
+        c = r["reliability"]
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         for key, style, label in (
             ("calibrated", dict(color="C0", marker="o"), f"calibrated (ECE {r['ece']:.3f})"),
@@ -222,7 +223,7 @@ def plot(results: dict[str, Any], curves: dict[str, dict], out: Path) -> None:
         ax.set_xlabel("confidence (bin mean)")
         ax.set_ylabel("share of routes right")
         ax.set_title(f"{stream}: {r['tasks']} tasks, flat {r['flat']}%, AUROC {r['auroc']}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Routing confidence on test prompts (numbers: routes per bin; dotted: threshold)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -238,12 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model, tok = load_base()
     learner = ContinualLearner(model, tok, StreamConfig())
-    out, curves = {}, {}
+    out = {}
     for stream in args.streams:
-        out[stream], curves[stream] = run(stream, learner, args.folder, args.trace_root)
-        tqdm.write(f"{stream}: {json.dumps({k: v for k, v in out[stream].items() if k != 'alternatives'})}")
+        out[stream] = run(stream, learner, args.folder, args.trace_root)
+        brief = {k: v for k, v in out[stream].items() if k not in ("alternatives", "reliability")}
+        tqdm.write(f"{stream}: {json.dumps(brief)}")
     (args.folder / "routing.json").write_text(json.dumps(out, indent=1) + "\n")
-    plot(out, curves, args.folder / "routing-reliability.png")
+    plot(out, args.folder / "routing-reliability.png")
 
 
 if __name__ == "__main__":

@@ -20,18 +20,29 @@ def op_and_forgetting(x: Scores) -> tuple[np.ndarray, np.ndarray]:
     """Per seed: OP (mean final score) and forgetting (mean over old tasks of the largest drop
     from an earlier score to the final one). x: (S, T, T, n) -> (S,), (S,)."""
     T = x.shape[1]
-    final = x[:, T - 1].mean(axis=-1)  # (S, T): the last row scores every task
+    final = np.nanmean(x[:, T - 1], axis=-1)  # (S, T): the last row scores every task
     op = final.mean(axis=1)
     if T == 1:
         return op, np.zeros_like(op)
-    drops = [x[:, i : T - 1, i].mean(axis=-1).max(axis=1) - final[:, i] for i in range(T - 1)]
+    drops = [np.nanmean(x[:, i : T - 1, i], axis=-1).max(axis=1) - final[:, i] for i in range(T - 1)]
     return op, np.mean(drops, axis=0)
 
 
-def resamples(n_seeds: int, n_tasks: int, n_examples: int, b: int = 1000, seed: int = 0) -> list[tuple]:
-    """`b` (seed indices (S,), example indices per task (T, n)) drawn with replacement."""
+def resamples(n_seeds: int, n_tasks: int, n_examples: int | list[int], b: int = 1000, seed: int = 0) -> list[tuple]:
+    """`b` (seed indices (S,), example indices per task (T, n)) drawn with replacement. With a
+    count per task (tasks with fewer test examples, NaN-padded to the longest), task i draws its
+    own n_i examples and keeps pointing its padding at the NaN slots, which the statistics skip."""
     rng = np.random.default_rng(seed)
-    return [(rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_examples, (n_tasks, n_examples))) for _ in range(b)]
+    if isinstance(n_examples, int) or len(set(n_examples)) == 1:
+        n = n_examples if isinstance(n_examples, int) else n_examples[0]
+        return [(rng.integers(0, n_seeds, n_seeds), rng.integers(0, n, (n_tasks, n))) for _ in range(b)]
+    n_max = max(n_examples)
+    pads = [np.arange(k, n_max) for k in n_examples]
+    out = []
+    for _ in range(b):
+        ex = np.stack([np.concatenate([rng.integers(0, k, k), pad]) for k, pad in zip(n_examples, pads, strict=True)])
+        out.append((rng.integers(0, n_seeds, n_seeds), ex))
+    return out
 
 
 def _take(x: Scores, seeds: np.ndarray, ex: np.ndarray) -> Scores:

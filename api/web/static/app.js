@@ -241,7 +241,7 @@ async function loadLosses(id) {
     const page = await api("GET", `/v1/jobs/${id}/events?limit=100${after !== null ? "&after=" + after : ""}`);
     for (const ev of page.data) {
       if (ev.type === "epoch.validated") {
-        if (ev.data.val_loss !== undefined) val.push([ev.data.step, ev.data.val_loss]);
+        if (ev.data.val_loss != null) val.push([ev.data.step, ev.data.val_loss]);
         if (ev.data.train_loss !== undefined) epochTrain.push([ev.data.step, ev.data.train_loss]);
       }
       after = ev.id;
@@ -323,7 +323,7 @@ function watchNext() {
   es.addEventListener("epoch.validated", (e) => {
     const ev = JSON.parse(e.data);
     const L = jobLosses(id);
-    if (ev.data.val_loss !== undefined && !L.val.some((v) => v[0] === ev.data.step)) L.val.push([ev.data.step, ev.data.val_loss]);
+    if (ev.data.val_loss != null && !L.val.some((v) => v[0] === ev.data.step)) L.val.push([ev.data.step, ev.data.val_loss]);
     if (ev.data.train_loss !== undefined && !L.epochTrain.some((v) => v[0] === ev.data.step)) L.epochTrain.push([ev.data.step, ev.data.train_loss]);
     drawLosses(id);
   });
