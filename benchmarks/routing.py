@@ -109,6 +109,21 @@ def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[order], fitted
 
 
+def disagreement(views: list[torch.Tensor], right: torch.Tensor) -> dict[str, float | None]:
+    """How often the nearest-prototype task and the nearest-centroid task differ, and the share
+    of wrong routes when they do and when they do not."""
+    apart = views[0].argmax(1) != views[1].argmax(1)
+
+    def wrong(m: torch.Tensor) -> float | None:
+        return round(float((~right[m]).double().mean()), 4) if m.any() else None
+
+    return {
+        "share": round(float(apart.double().mean()), 4),
+        "wrong_if_apart": wrong(apart),
+        "wrong_if_same": wrong(~apart),
+    }
+
+
 def quantile(right_conf: torch.Tensor) -> float:
     """The confidence below which `RIGHT_FLAGGED` of these right routes fall (as the calibrator's
     threshold rule takes it, before its floor of 0.5)."""
@@ -173,6 +188,7 @@ def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) 
             "features": [f"{router.VIEWS[v]}.{f}" for v, f in router.calibrator.features],
         },
         "before": figures(old, right, OLD_THRESHOLD),
+        "views_disagree": disagreement(views, right),
     }
     if nodes is not None:
         tree_picks = torch.tensor([router.descend(row, nodes) for row in views[0]])
