@@ -37,7 +37,7 @@ RIGHT_FLAGGED = 0.03  # share of right held-out routes below the default thresho
 MIN_THRESHOLD = 0.5  # a route below this is more likely wrong than right: always flagged
 FOLDS = 5
 EVENTS_PER_FEATURE = 5
-RIDGE = 1e-3  # on standardised coefficients: keeps Newton steps finite, changes nothing measurable
+RIDGE = 1e-3  # on standardised coefficients: keeps the Newton steps finite on separable rows
 
 
 def pick_features(scores: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
