@@ -100,17 +100,24 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     out += [f"![{title}](benchmarks/{name}.png)", ""]
 
 
+def _section(out: list[str], folder: Path, title: str, command: str, filename: str) -> Any:
+    """Head a section with its title and command; its JSON, or None (and "Not run yet.")."""
+    out += [f"## {title}", "", f"`{command}`", ""]
+    path = folder / filename
+    if not path.exists():
+        out += ["Not run yet.", ""]
+        return None
+    return json.loads(path.read_text())
+
+
 LONG_CMD = "python -m benchmarks.long_stream run --seeds 0 && python -m benchmarks.long_stream aggregate"
 
 
 def _long_stream(out: list[str], folder: Path) -> None:
     """The long stream with task families (written by `benchmarks.long_stream`)."""
-    out += ["## Long stream: 20 tasks in 4 families", "", f"`{LONG_CMD}`", ""]
-    path = folder / "long-stream.json"
-    if not path.exists():
-        out += ["Not run yet.", ""]
+    data = _section(out, folder, "Long stream: 20 tasks in 4 families", LONG_CMD, "long-stream.json")
+    if data is None:
         return
-    data = json.loads(path.read_text())
     st = data["setup"]
     fams = sorted(set(data["families"]))
     out += [
@@ -151,12 +158,9 @@ SERVING_CMD = "python -m benchmarks.serving"
 
 def _serving(out: list[str], folder: Path) -> None:
     """The serving benchmark (written by `benchmarks.serving`)."""
-    out += ["## Serving", "", f"`{SERVING_CMD}`", ""]
-    path = folder / "serving.json"
-    if not path.exists():
-        out += ["Not run yet.", ""]
+    data = _section(out, folder, "Serving", SERVING_CMD, "serving.json")
+    if data is None:
         return
-    data = json.loads(path.read_text())
     st = data["setup"]
     out += [
         f"Model {data['model']} on {st['device']} ({st['cpu_count']} cores), one stream of {st['tasks']} learned "
