@@ -43,6 +43,11 @@ PROFILES = {
     "smoke": Profile(4, 16, 4, 1, 48),  # the first four tasks (one per family): checks the pipeline only
 }
 CHECKPOINTS = (5, 10, 15, 20)
+# paired OP differences at the end of the stream (a minus b)
+PAIRS = tuple(
+    ("treelora", b)
+    for b in ("per_task_lora", "lora_top", "o_lora", "seq_lora", "treelora[random_relative]", "treelora[always_share]")
+)
 DEFAULT_METHODS = (
     "treelora",
     "per_task_lora",
@@ -198,6 +203,27 @@ def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def final_scores(cell: dict[str, Any]) -> np.ndarray:
+    """(1, T, n) per-example final scores (with routing where the method needs an id), NaN-padded."""
+    final = cell["rows"][str(len(cell["diag"]))]["R_auto" if cell["routed"] else "R"]
+    x = np.full((1, len(final), max(len(ex) for ex in final)), np.nan)
+    for i, ex in enumerate(final):
+        x[0, i, : len(ex)] = ex
+    return x
+
+
+def final_op_diff(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """OP of a minus OP of b after the last task, with a paired bootstrap interval over the seeds
+    both have and the test examples (the stream's end only: the checkpoints in between are not
+    paired resamples of the same rows)."""
+    common = sorted(set(a) & set(b))
+    xa = np.stack([final_scores(a[s]) for s in common])  # (S, 1, T, n): one "row", the last
+    xb = np.stack([final_scores(b[s]) for s in common])
+    n = [int((~np.isnan(ex)).sum()) for ex in xa[0, 0]]
+    d, ci = stats.bootstrap_diff(stats.op_stat, xa, xb, stats.resamples(len(common), xa.shape[2], n))
+    return {"op_diff": round(d, 2), "op_diff_ci": ci, "verdict": stats.verdict(ci), "seeds": common}
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     folder = cells_dir(args.out, args.profile)
     cells: dict[str, dict[int, dict[str, Any]]] = {}
@@ -208,6 +234,11 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         raise SystemExit(f"no finished cell under {folder}")
     methods = {m: {str(s): summarise_cell(c) for s, c in sorted(by.items())} for m, by in cells.items()}
     any_cell = next(iter(next(iter(cells.values())).values()))
+    pairs = {
+        f"{a} vs {b}": final_op_diff(cells[a], cells[b])
+        for a, b in PAIRS
+        if a in cells and b in cells and set(cells[a]) & set(cells[b])
+    }
     summary = {
         "profile": args.profile,
         "setup": PROFILES[args.profile].__dict__,
@@ -217,6 +248,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         "families": any_cell["families"],
         "checkpoints": sorted(int(n) for n in any_cell["rows"]),
         "methods": methods,
+        "pairs": pairs,
     }
     name = "long-stream" if args.profile == "quick" else f"long-stream-{args.profile}"
     (args.out / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")

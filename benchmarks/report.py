@@ -153,6 +153,87 @@ def _long_stream(out: list[str], folder: Path) -> None:
     out += ["", "![long stream](benchmarks/long-stream.png)", ""]
 
 
+SEARCH_ROWS = (
+    "treelora",
+    "treelora[random_relative]",
+    "treelora[always_share]",
+    "treelora[best_prefix]",
+    "per_task_lora",
+)
+
+
+def _against_treelora(p: dict[str, Any] | None) -> tuple[str, str]:
+    """A "treelora vs m" pair read the other way: (OP of m minus treelora's [CI], m's verdict)."""
+    if p is None:
+        return "-", "-"
+    lo, hi = p["op_diff_ci"]
+    return _ci(-p["op_diff"], [-hi, -lo]), {"beats": "loses", "loses": "beats"}.get(p["verdict"], "tie")
+
+
+def _search(out: list[str], folder: Path, suffix: str) -> None:
+    """Issue "does the search matter?": `treelora` against the placement rules that skip its
+    signature search, on every stream, from the files the other sections read."""
+    out += [
+        "## Does the search matter?",
+        "",
+        "`treelora` places a task by comparing its probe-gradient signature with the tree's (LCB search, "
+        "then the first-below branch rule). `treelora[random_relative]` picks a uniformly random earlier "
+        "task and applies the same branch rule to it; `treelora[always_share]` skips the probe and shares "
+        "every block but the last `min_own_blocks` with a random earlier task; `treelora[best_prefix]` "
+        "searches as `treelora` does and branches at the prefix with the largest summed margin. Same "
+        "budget, data, seeds and stopping rule as the tables above; OP with routing (no task id).",
+        "",
+        "| stream | method | seeds | OP [95% CI] | forgetting [95% CI] | s/task [95% CI] "
+        "| OP vs `treelora` [95% CI] | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, title in ((f"continual{suffix}", "WordNet"), (f"continual-mixed{suffix}", "mixed")):
+        path = folder / f"{name}.json"
+        if not path.exists():
+            continue
+        methods = json.loads(path.read_text())["methods"]
+        pairs = json.loads((folder / f"{name}.details.json").read_text())["pairs"]
+        for m in SEARCH_ROWS:
+            if m not in methods:
+                continue
+            r = methods[m]
+            vs, verdict = _against_treelora(pairs.get(f"treelora vs {m}"))
+            out.append(
+                f"| {title} | {m} | {len(r['seeds'])} | {_ci(r['op'], r['op_ci'])} | "
+                f"{_ci(r['forgetting'], r['forgetting_ci'])} | {_ci(r['seconds_per_task'], r['seconds_ci'], '.0f')} "
+                f"| {vs} | {verdict} |"
+            )
+    long_path = folder / ("long-stream.json" if not suffix else f"long-stream{suffix}.json")
+    if long_path.exists():
+        data = json.loads(long_path.read_text())
+        out += [
+            "",
+            "Long stream (families; intervals over test examples and the seeds listed; s/task is the mean over "
+            "all 20 tasks; shared blocks: mean blocks two tasks share, within a family / across families):",
+            "",
+            "| method | seeds | OP | forgetting | s/task | OP vs `treelora` [95% CI] | verdict | tree ARI "
+            "| shared within / across |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in SEARCH_ROWS:
+            by_seed = data["methods"].get(m)
+            if not by_seed:
+                continue
+            runs = list(by_seed.values())
+            vs, verdict = _against_treelora(data.get("pairs", {}).get(f"treelora vs {m}"))
+            tree = runs[0]["tree"]
+            shared = "-" if tree is None else f"{tree['shared_depth_within']} / {tree['shared_depth_across']}"
+            out.append(
+                f"| {m} | {', '.join(by_seed)} | {sum(r['op'] for r in runs) / len(runs):.1f} | "
+                f"{sum(r['forgetting'] for r in runs) / len(runs):.1f} | "
+                f"{sum(sum(r['seconds']) / len(r['seconds']) for r in runs) / len(runs):.0f} | {vs} | {verdict} | "
+                f"{'-' if tree is None else tree['ari']} | "
+                f"{shared} |"
+            )
+    notes = folder / "search-notes.md"
+    out += ["", notes.read_text() if notes.exists() else "", ""]
+
+
 SERVING_CMD = "python -m benchmarks.serving"
 
 
@@ -308,6 +389,7 @@ def render(folder: Path, suffix: str = "") -> str:
         "python -m benchmarks.continual aggregate --stream mixed",
     )
     _long_stream(out, folder)
+    _search(out, folder, suffix)
     ts = folder / "tree_search.json"
     out += ["## Tree search", "", "`python -m benchmarks.tree_search`", ""]
     if ts.exists():
