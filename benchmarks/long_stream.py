@@ -26,12 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from treelora_core.config import StreamConfig
+from treelora_core.kdtree import GradientKDTree, LCBSearch, Signature, l1
 from treelora_core.learner import ContinualLearner
 from treelora_core.models import DEFAULT_MODEL, load_base
-from treelora_core.signatures import Prober
+from treelora_core.signatures import Prober, depth_weights
 from treelora_core.strategies.treelora import TreeConfig
 
 from . import stats
@@ -285,14 +287,51 @@ def plot(summary: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def placement_at_scale(sigs: torch.Tensor, fam: list[str], deep_weight: float) -> list[dict[str, Any]]:
+    """Place task N (N = 2..) among the N-1 before it, on the real signatures (N, blocks, dim):
+    flat search (every earlier signature, `treelora`'s weighted block cosine) against the paper's
+    LCB best-first search on its layer-wise K-D tree (L1 per block). Per N: comparisons and
+    microseconds per placement, and whether each found a task of the new one's family."""
+    weights = depth_weights(sigs.shape[1], deep_weight)
+    unit = F.normalize(sigs.float(), dim=-1)  # (N, blocks, dim)
+    tree = GradientKDTree(sigs.shape[1])
+    tree.insert(list(sigs[0].float()))
+    rows = []
+    for n in range(1, len(sigs)):
+        q = sigs[n].float()
+        t0 = time.perf_counter()
+        flat = int((((unit[:n] * unit[n]).sum(-1) * weights).sum(-1)).argmax())  # vectorised flat search
+        flat_us = 1e6 * (time.perf_counter() - t0)
+        parts = list(q)
+
+        def dist(sig: Signature, parts: list[torch.Tensor] = parts) -> float:
+            return sum(l1(a, b) for a, b in zip(parts, sig, strict=True))
+
+        t0 = time.perf_counter()
+        search = LCBSearch(tree)
+        found = search.search(dist)
+        tree_us = 1e6 * (time.perf_counter() - t0)
+        rows.append(
+            {
+                "n": n + 1,
+                "flat_comparisons": n,
+                "tree_comparisons": search.comparisons,
+                "flat_us": round(flat_us, 1),
+                "tree_us": round(tree_us, 1),
+                "flat_same_family": fam[flat] == fam[n] if any(f == fam[n] for f in fam[:n]) else None,
+                "tree_same_family": fam[found] == fam[n] if any(f == fam[n] for f in fam[:n]) else None,
+            }
+        )
+        tree.insert(parts)
+    return rows
+
+
 def cmd_signatures(args: argparse.Namespace) -> None:
     """Every task's probe-gradient signature (as `treelora` takes it, but from `--pulls`
     minibatches), then per block the mean cosine between tasks of the same family and of
     different families, the same cosine after removing the mean signature of all tasks, and a
     task's agreement with itself (two halves of its pulls): can placement tell relatives from
     strangers, and at which depth?"""
-    import torch.nn.functional as F
-
     prof = PROFILES[args.profile]
     tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
     base, tok = load_base(args.model, device=args.device)
@@ -331,6 +370,8 @@ def cmd_signatures(args: argparse.Namespace) -> None:
         "nearest_is_same_family": nearest_same_family(raw),
         "nearest_is_same_family_centred": nearest_same_family(centred),
         "rule": cmd_signatures.__doc__,
+        "placement": placement_at_scale(mean, fam, tc.deep_weight),
+        "placement_rule": placement_at_scale.__doc__,
     }
     (args.out / "long-stream-signatures.json").write_text(json.dumps(out, indent=1) + "\n")
 

@@ -68,3 +68,22 @@ def test_long_stream_smoke_reports_cost_routing_and_tree_shape(tmp_path) -> None
     assert tree["tree"]["subtrees"] >= 1 and -1.0 <= tree["tree"]["ari"] <= 1.0
     assert seq["tree"] is None
     assert (tmp_path / "long-stream-smoke.png").exists()
+
+
+def test_placement_at_scale_compares_flat_and_tree_search_per_n() -> None:
+    import torch
+
+    from benchmarks.long_stream import placement_at_scale
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 6, 8, generator=g) * 3
+    fam = [f"f{i % 4}" for i in range(12)]
+    sigs = torch.stack([centres[i % 4] + 0.1 * torch.randn(6, 8, generator=g) for i in range(12)])
+    rows = placement_at_scale(sigs, fam, deep_weight=2.0)
+    assert [r["n"] for r in rows] == list(range(2, 13))
+    assert [r["flat_comparisons"] for r in rows] == list(range(1, 12))
+    assert all(r["tree_comparisons"] >= 1 for r in rows)
+    # clustered signatures: once a family has a member, both searches find one
+    known = [r for r in rows if r["flat_same_family"] is not None]
+    assert known and all(r["flat_same_family"] and r["tree_same_family"] for r in known)
+    assert all(r["flat_same_family"] is None for r in rows[:3])  # the first of each family has no relative
