@@ -9,21 +9,12 @@ has learned a few tasks, e.g. after `python -m examples.service_demo --stream wo
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import sync_playwright
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from .browser import chromium, launch
 
 
 def try_prompt(page: Any, prompt: str) -> None:
@@ -41,11 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stream", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/img"))
     ap.add_argument("--prompt", default="", help="a prompt for the playground (task auto) before the shots")
-    ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    ap.add_argument("--chromium", default=None, help="the browser program (default: Debian's chromium on PATH)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
+        browser = launch(p, args.chromium or chromium())
         wide = browser.new_page(viewport={"width": 1280, "height": 900})
         wide.goto(f"{args.url}/")
         wide.wait_for_load_state("networkidle")

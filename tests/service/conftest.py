@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -166,7 +167,7 @@ def wclient(wsettings: Settings) -> Any:
         yield c
 
 
-def make_stream(client: TestClient, name: str = "s", **train: Any) -> None:
+def make_stream(client: httpx.Client, name: str = "s", **train: Any) -> None:
     cfg = {"epochs": 1, "batch_size": 4, "max_length": 48, "lr": 5e-3, **train}
     resp = client.post(
         "/v1/streams",
@@ -180,7 +181,7 @@ def make_stream(client: TestClient, name: str = "s", **train: Any) -> None:
     assert resp.status_code == 201, resp.text
 
 
-def submit(client: TestClient, name: str, rows: list[dict[str, str]] = ROWS, stream: str = "s") -> dict[str, Any]:
+def submit(client: httpx.Client, name: str, rows: list[dict[str, str]] = ROWS, stream: str = "s") -> dict[str, Any]:
     resp = client.post(f"/v1/streams/{stream}/tasks", files={"file": ("t", jsonl(rows), "x")}, data={"name": name})
     assert resp.status_code == 202, resp.text
     return resp.json()["job"]  # type: ignore[no-any-return]

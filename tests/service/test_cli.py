@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from api.migrate import upgrade
 from client import Client, NotFoundError, UnprocessableEntityError
 
-from .conftest import fresh_database, jsonl
-from .procs import Proc, free_port, wait_ready
+from .conftest import jsonl
+from .procs import Service, free_port, production_env
 
 TREELORA = Path(sys.executable).with_name("treelora")
 PROMPT = "Item {i} of the list: what is it?"
@@ -36,34 +34,17 @@ def service(
     pg_server_url: str, redis_url: str, s3_env: dict[str, str], tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("cli-service")
-    db = fresh_database(pg_server_url)
-    upgrade(db)
-    broker = redis_url.rsplit("/", 1)[0] + "/3"
-    redis.Redis.from_url(broker).flushdb()
-    env = {
-        "TREELORA_DATA_DIR": str(tmp),
-        "TREELORA_DATABASE_URL": db,
-        "TREELORA_BROKER_URL": broker,
-        "TREELORA_STORE": "s3",
-        "TREELORA_S3_PREFIX": f"cli-{tmp.name}/",
-        "TREELORA_MODELS": f"tiny={tiny_dir}",
-        "TREELORA_HEARTBEAT_S": "0.2",  # progress reaches the event stream several times a second
-        **{f"TREELORA_{k.upper()}": v for k, v in s3_env.items()},
-    }
-    port = free_port()
-    api = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], env, tmp / "api.log")
-    worker = Proc(
-        ["-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "-c", "1", "--loglevel", "INFO"],
-        env,
-        tmp / "worker.log",
+    env, _ = production_env(
+        pg_server_url=pg_server_url,
+        redis_url=redis_url,
+        broker_db=3,
+        s3_env=s3_env,
+        data_dir=tmp,
+        models=f"tiny={tiny_dir}",
+        heartbeat_s=0.2,  # progress reaches the event stream several times a second
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/readyz", api)
-        yield base
-    finally:
-        api.stop()
-        worker.stop()
+    with Service(env, tmp, ready_timeout=120) as svc:
+        yield svc.base
 
 
 def treelora(base: str, *args: str, tty: bool = False) -> subprocess.CompletedProcess[str]:

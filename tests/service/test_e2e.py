@@ -7,51 +7,29 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 import torch
 
-from api.migrate import upgrade
 from treelora_core.models import load_base
 
-from .conftest import fresh_database, task_files
-from .procs import Proc, free_port, wait_jobs, wait_ready
+from .conftest import task_files
+from .procs import Service, production_env
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def service(pg_server_url: str, redis_url: str, s3_env: dict[str, str], tmp_path: Path) -> Any:
-    db = fresh_database(pg_server_url)
-    upgrade(db)
-    broker = redis_url.rsplit("/", 1)[0] + "/2"
-    redis.Redis.from_url(broker).flushdb()
-    env = {
-        "TREELORA_DATA_DIR": str(tmp_path),
-        "TREELORA_DATABASE_URL": db,
-        "TREELORA_BROKER_URL": broker,
-        "TREELORA_STORE": "s3",
-        "TREELORA_S3_PREFIX": f"e2e-{tmp_path.name}/",
-        **{f"TREELORA_{k.upper()}": v for k, v in s3_env.items()},
-    }
-    port = free_port()
-    api = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], env, tmp_path / "api.log")
-    worker = Proc(
-        ["-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "-c", "1", "--loglevel", "INFO"],
-        env,
-        tmp_path / "worker.log",
+def service(pg_server_url: str, redis_url: str, s3_env: dict[str, str], tmp_path: Path) -> Iterator[Service]:
+    env, _ = production_env(
+        pg_server_url=pg_server_url, redis_url=redis_url, broker_db=2, s3_env=s3_env, data_dir=tmp_path
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/readyz", api)
-        yield base, [api, worker]
-    finally:
-        api.stop()
-        worker.stop()
+    with Service(env, tmp_path, ready_timeout=120) as svc:
+        yield svc
 
 
 def sse_events(base: str, job_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -72,8 +50,8 @@ def sse_events(base: str, job_id: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def test_three_real_tasks_end_to_end(service: Any, wordnet_tasks: list[Any], tmp_path: Path) -> None:
-    base, procs = service
+def test_three_real_tasks_end_to_end(service: Service, wordnet_tasks: list[Any], tmp_path: Path) -> None:
+    base = service.base
     t0 = time.time()
     httpx.post(f"{base}/v1/streams", json={"name": "wordnet", "train": {"epochs": 1, "max_length": 96}}).json()
     jobs = []
@@ -85,7 +63,7 @@ def test_three_real_tasks_end_to_end(service: Any, wordnet_tasks: list[Any], tmp
     phases = {d.get("phase") for k, d in events if k == "progress"}
     assert "train" in phases and events[-1][1]["state"] == "succeeded"
     assert "job.succeeded" in [k for k, _ in events]
-    done = wait_jobs(base, jobs, procs)
+    done = service.wait_jobs(jobs)
     elapsed = time.time() - t0
     assert [j["state"] for j in done] == ["succeeded"] * 3, [j.get("error") for j in done]
     assert [j["result_version"] for j in done] == [1, 2, 3]

@@ -23,7 +23,7 @@ from api.settings import Settings
 from worker.runner import run_job
 
 from .conftest import ROWS, jsonl, make_stream, submit
-from .procs import Proc, free_port, settings_env, wait_ready
+from .procs import Proc, Service, settings_env
 
 LISTENERS = 64
 PROMPT = "Item 3 of the list: what is it?"
@@ -31,14 +31,9 @@ PROMPT = "Item 3 of the list: what is it?"
 
 @pytest.fixture
 def api(wsettings: Settings, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
-    port = free_port()
-    proc = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], settings_env(wsettings), tmp_path / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/readyz", proc, timeout=600)  # seconds on an idle machine, minutes on a loaded one
-        yield base, proc
-    finally:
-        proc.stop()
+    with Service(settings_env(wsettings), tmp_path, workers=0) as svc:
+        assert svc.api is not None
+        yield svc.base, svc.api
 
 
 def listen(base: str, job_id: str, opened: threading.Barrier, out: list[str]) -> None:

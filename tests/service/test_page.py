@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,36 +18,19 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import redis
 
 from api.db import session_factory
-from api.migrate import upgrade
 from api.settings import Settings
 from api.storage import make_store
+from examples.browser import launch
 
-from .conftest import fresh_database, jsonl
+from .conftest import jsonl
 from .page_data import many_task_stream
-from .procs import Proc, free_port, wait_jobs, wait_ready
+from .procs import Service, production_env, wait_jobs
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 FRUIT = [{"prompt": f"Item {i} of the list: what is it?", "completion": "apple"} for i in range(160)]
 COLOUR = [{"prompt": f"Colour card number {i}, which colour?", "completion": "red"} for i in range(40)]
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        raise RuntimeError("Debian's chromium is not installed: run ./scripts/install --test")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +46,16 @@ def service(
     pg_server_url: str, redis_url: str, s3_env: dict[str, str], tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("page-service")
-    db = fresh_database(pg_server_url)
-    upgrade(db)
-    broker = redis_url.rsplit("/", 1)[0] + "/5"
-    redis.Redis.from_url(broker).flushdb()
-    prefix = f"page-{uuid.uuid4().hex[:8]}/"
-    env = {
-        "TREELORA_DATA_DIR": str(tmp),
-        "TREELORA_DATABASE_URL": db,
-        "TREELORA_BROKER_URL": broker,
-        "TREELORA_STORE": "s3",
-        "TREELORA_S3_PREFIX": prefix,
-        "TREELORA_MODELS": f"tiny={tiny_dir}",
-        "TREELORA_HEARTBEAT_S": "0.2",
-        "TREELORA_LEASE_S": "10",
-        **{f"TREELORA_{k.upper()}": v for k, v in s3_env.items()},
-    }
+    env, db = production_env(
+        pg_server_url=pg_server_url,
+        redis_url=redis_url,
+        broker_db=5,
+        s3_env=s3_env,
+        data_dir=tmp,
+        models=f"tiny={tiny_dir}",
+        heartbeat_s=0.2,
+        lease_s=10,
+    )
     # a stream of 32 learned tasks for the first-paint test, written through the service functions
     # before any worker runs (a worker's sweeper would send its jobs on); they go to a broker no
     # worker reads
@@ -89,25 +64,13 @@ def service(
         database_url=db,
         broker_url=redis_url.rsplit("/", 1)[0] + "/6",
         store="s3",
-        s3_prefix=prefix,
+        s3_prefix=env["TREELORA_S3_PREFIX"],
         **s3_env,  # type: ignore[arg-type]
     )
     with session_factory(db)() as session:
         wide = many_task_stream(session=session, settings=settings, store=make_store(settings), name="wide", n_tasks=32)
-    port = free_port()
-    api = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], env, tmp / "api.log")
-    worker = Proc(
-        ["-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "-c", "1", "--loglevel", "INFO"],
-        env,
-        tmp / "worker.log",
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/readyz", api, timeout=300)  # a busy machine imports torch slowly
-        yield {"base": base, "procs": [api, worker], "wide": wide}
-    finally:
-        api.stop()
-        worker.stop()
+    with Service(env, tmp, ready_timeout=300) as svc:  # a busy machine imports torch slowly
+        yield {"base": svc.base, "procs": svc.procs, "wide": wide}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +78,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        b = launch(p)
         yield b
         b.close()
 

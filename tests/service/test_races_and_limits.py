@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from api.migrate import upgrade
 from api.settings import Settings
 from api.storage import make_store
 
-from .conftest import fresh_database, jsonl, row_counts
-from .procs import Proc, free_port, wait_ready
+from .conftest import jsonl, row_counts
+from .procs import Service, production_env
 
 MAX_UPLOAD = 64 * 1024  # per file: an upload request may carry 2 * 64 KiB + 1 MiB
 MAX_JSON = 96 * 1024  # below one upload's two files: the limits are per route
@@ -31,25 +28,16 @@ def server(
     pg_server_url: str, redis_url: str, s3_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("races")
-    db = fresh_database(pg_server_url)
-    upgrade(db)
-    broker = redis_url.rsplit("/", 1)[0] + "/3"  # no worker consumes this database
-    redis.Redis.from_url(broker).flushdb()
-    env = {
-        "TREELORA_DATA_DIR": str(tmp),
-        "TREELORA_DATABASE_URL": db,
-        "TREELORA_BROKER_URL": broker,
-        "TREELORA_STORE": "s3",
-        "TREELORA_S3_PREFIX": f"races-{uuid.uuid4().hex[:8]}/",
-        "TREELORA_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-        "TREELORA_MAX_JSON_BYTES": str(MAX_JSON),
-        **{f"TREELORA_{k.upper()}": v for k, v in s3_env.items()},
-    }
-    port = free_port()
-    api = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], env, tmp / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/readyz", api, timeout=600)  # a busy machine imports torch slowly
+    env, db = production_env(
+        pg_server_url=pg_server_url,
+        redis_url=redis_url,
+        broker_db=3,  # no worker consumes this database
+        s3_env=s3_env,
+        data_dir=tmp,
+        max_upload_bytes=MAX_UPLOAD,
+        max_json_bytes=MAX_JSON,
+    )
+    with Service(env, tmp, workers=0) as svc:
         settings = Settings(
             data_dir=tmp,
             database_url=db,
@@ -57,9 +45,8 @@ def server(
             s3_prefix=env["TREELORA_S3_PREFIX"],
             **s3_env,  # type: ignore[arg-type]
         )
-        yield {"base": base, "proc": api, "db": db, "store": make_store(settings)}
-    finally:
-        api.stop()
+        assert svc.api is not None
+        yield {"base": svc.base, "proc": svc.api, "db": db, "store": make_store(settings)}
 
 
 def race(n: int, request: Callable[[httpx.Client, int], httpx.Response]) -> list[httpx.Response]:

@@ -22,7 +22,7 @@ from api.storage import key_for
 from worker.runner import run_job
 
 from .conftest import ROWS, make_stream, submit
-from .procs import Proc, free_port, settings_env, wait_ready
+from .procs import Proc, Service, settings_env
 
 PROMPT = "Item 3 of the list: what is it?"
 GOOD_PREDICT = {"inputs": [PROMPT], "task": "apple", "max_new_tokens": 2}
@@ -61,14 +61,9 @@ def api(wclient: TestClient, wsettings: Settings, tmp_path: Path) -> Iterator[tu
     that requests sent together share a batch."""
     learn(wclient, wsettings, "s", "apple")
     env = settings_env(wsettings.model_copy(update={"batch_window_ms": 150.0, "batch_max_wait_ms": 600.0}))
-    port = free_port()
-    proc = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], env, tmp_path / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/readyz", proc, timeout=600)  # importing torch on a busy machine can be slow
-        yield base, proc
-    finally:
-        proc.stop()
+    with Service(env, tmp_path, workers=0) as svc:
+        assert svc.api is not None
+        yield svc.base, svc.api
 
 
 def batch_counts(base: str) -> tuple[float, float]:
