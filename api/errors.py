@@ -9,6 +9,7 @@ from typing import Any
 class ServiceError(Exception):
     status = 400
     code = "bad_request"
+    headers: dict[str, str] = {}  # noqa: RUF012  (read only: extra response headers, e.g. WWW-Authenticate)
 
     def __init__(
         self, message: str, *, code: str | None = None, param: str | None = None, line: int | None = None
@@ -27,6 +28,25 @@ def error_body(code: str, message: str, *, param: str | None = None, line: int |
     if line is not None:
         err["line"] = line
     return {"error": err}
+
+
+class Unauthorized(ServiceError):
+    """No API key, or one that is not valid (unknown, revoked or malformed): RFC 6750's challenge."""
+
+    status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="treelora"'}  # noqa: RUF012
+
+
+class InvalidToken(Unauthorized):
+    """A key was sent but is not valid."""
+
+    headers = {"WWW-Authenticate": 'Bearer realm="treelora", error="invalid_token"'}  # noqa: RUF012
+
+
+class Forbidden(ServiceError):
+    """A valid key asking for what only the admin key may do."""
+
+    status, code = 403, "forbidden"
 
 
 class Invalid(ServiceError):

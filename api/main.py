@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -14,11 +14,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import Authenticate, declare_auth
 from .body_limit import BodyLimit
 from .errors import ServiceError, error_body
 from .inference import Inference, widen_threadpool
 from .live import LiveEvents
-from .routes import health, jobs, pages, streams, trees
+from .origins import add_origin_policy
+from .routes import health, jobs, keys, pages, streams, trees
 from .schemas import with_limits
 from .settings import Settings, get_settings
 from .storage import make_store
@@ -27,8 +29,15 @@ log = logging.getLogger(__name__)
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
 
 
-def _error(status: int, code: str, message: str, param: str | None = None, line: int | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, param=param, line=line), status_code=status)
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    line: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, param=param, line=line), status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not settings.auth:
+            log.warning(
+                "AUTHENTICATION IS OFF: every request acts as the admin (reads, uploads, deletes every "
+                "stream). Fine for one person on this machine; anywhere else set TREELORA_AUTH=on and "
+                "TREELORA_ADMIN_KEY (docs/security.md)."
+            )
         app.state.settings = settings
         app.state.store = make_store(settings)
         app.state.inference = Inference(settings, app.state.store)
@@ -54,15 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's host
     )
-    for r in (streams.router, trees.router, jobs.router, health.router, pages.router):
+    for r in (streams.router, trees.router, jobs.router, keys.router, health.router, pages.router):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     plain_openapi = app.openapi
-    app.openapi = lambda: with_limits(plain_openapi(), settings)  # type: ignore[method-assign]
+    app.openapi = lambda: with_limits(declare_auth(plain_openapi()), settings)  # type: ignore[method-assign]
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.param, exc.line)
+        return _error(exc.status, exc.code, exc.message, exc.param, exc.line, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -78,7 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+        # keeps the exception's headers: a 405's Allow
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
@@ -87,6 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # request bodies counted as they arrive (Content-Length or chunked): 413 past the route's limit
     app.add_middleware(BodyLimit, settings=settings)
+    # outside it: who is asking, before any of the body is read (401 without a valid key)
+    app.add_middleware(Authenticate, settings=settings)
+    # outside that: CORS (a preflight carries no key) and cross-origin form posts refused
+    add_origin_policy(app, settings)
 
     @app.middleware("http")  # added after BodyLimit, so it runs outside it and counts its 413s
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

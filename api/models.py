@@ -39,10 +39,30 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UTCDateTime()}
 
 
+ADMIN_OWNER = "admin"  # the owner of streams made with the admin key, or with authentication off
+
+
+class ApiKey(Base):
+    """An API key. The secret is shown once, when the key is created; only its sha256 is kept.
+    A key is revoked, never deleted, so the streams it owns keep naming it."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))  # a label for people; not unique
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to tell keys apart
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    revoked_at: Mapped[datetime | None]
+
+
 class Stream(Base):
     __tablename__ = "streams"
+    # names are unique per owner: a key never learns from a 409 that another key named a stream so
+    __table_args__ = (UniqueConstraint("owner", "name"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # the id of the key that created it, or ADMIN_OWNER; no foreign key: keys are never deleted
+    owner: Mapped[str] = mapped_column(String(40), default=ADMIN_OWNER, server_default=ADMIN_OWNER, index=True)
     base_model: Mapped[str] = mapped_column(String(200))
     strategy: Mapped[str] = mapped_column(String(32))
     config: Mapped[dict[str, Any]]  # treelora_core StreamConfig as a dict

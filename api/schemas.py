@@ -20,9 +20,51 @@ from .config_schema import (
     TreeSection,
 )
 from .services.common import NAME_PATTERN
+from .services.keys import KEY_NAME_PATTERN
 from .settings import Routing, Settings
 
 T = TypeVar("T")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. not_found, invalid, unauthorized")
+    message: str
+    param: str | None = Field(default=None, description="the field or parameter at fault, when one is")
+    line: int | None = Field(default=None, description="the line of an uploaded file at fault")
+
+
+class ErrorOut(BaseModel):
+    """The one error shape."""
+
+    error: ErrorDetail
+
+
+ERRORS = {
+    400: "bad request",
+    401: "no API key, or one that is not valid (unknown, revoked or malformed)",
+    403: "a valid key asking for what only the admin key may do, or a cross-origin page's write",
+    404: "not found, or not the caller's (another key's stream is not found either)",
+    405: "method not allowed (Allow lists those that are)",
+    409: "conflict with the current state",
+    410: "the task was retired from serving",
+    413: "the request body is over its limit",
+    415: "unsupported media type",
+    422: "invalid request: `param` names the field",
+    503: "a stored blob is missing or damaged, or a dependency is down",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for these error statuses, all in the one error shape."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorOut, "description": ERRORS[status]}
+        if status == 401:
+            entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
+        if status == 405:
+            entry["headers"] = {"Allow": {"schema": {"type": "string"}, "description": "the methods allowed"}}
+        out[status] = entry
+    return out
 
 
 class Page(BaseModel, Generic[T]):
@@ -56,10 +98,35 @@ class StreamCreate(BaseModel):
     chat_template: bool = False
 
 
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(
+        default="",
+        pattern=KEY_NAME_PATTERN + "|^$",
+        max_length=64,
+        description="a label for people (who holds the key); 1-64 letters, digits, spaces, '.', '_', '@' or '-'",
+        examples=["ci-pipeline"],
+    )
+
+
+class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    prefix: str = Field(description="the secret's first characters, to tell keys apart")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    secret: str = Field(description="send as 'Authorization: Bearer <secret>'; shown this once, only its hash is kept")
+
+
 class StreamOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
+    owner: str = Field(description='the id of the key that created it, or "admin"')
     base_model: str
     strategy: str
     config: dict[str, Any]

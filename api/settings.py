@@ -6,17 +6,20 @@ broker, all under `data_dir`, so one command on a fresh machine runs the whole s
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Choices are checked when the settings are read, so a typo fails at start-up, not mid-request.
 Store = Literal["local", "s3"]  # a folder, or S3 (or any S3-compatible server)
 Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available
 Routing = Literal["flat", "tree"]  # task="auto": nearest prototype, or descend the tree
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")  # a browser's Origin header
+MIN_ADMIN_KEY = 32
 
 
 class Settings(BaseSettings):
@@ -67,6 +70,43 @@ class Settings(BaseSettings):
     # blobs written or put within this many seconds are never deleted (stream deletion, `python -m api.gc`):
     # an upload or a job's commit writes its blobs before the rows that name them
     blob_grace_s: float = Field(default=3600.0, ge=0, le=365 * 86400, allow_inf_nan=False)
+
+    # API keys (docs/security.md): with `auth` on, every request but the health checks, the static
+    # files and (when public) the docs and metrics needs `Authorization: Bearer <key>`; the admin
+    # key creates and revokes the others and sees every stream. Off: every request acts as the admin
+    # (the embedded mode's default, loudly logged at start-up; production turns it on).
+    auth: bool = False
+    admin_key: SecretStr | None = None  # at least 32 characters; required when auth is on
+    public_docs: bool = True  # /docs, /redoc and /openapi.json without a key (they hold no data)
+    public_metrics: bool = False  # /metrics without a key (service-wide counts, no names or ids)
+    # CORS: the origins (scheme://host[:port]) whose pages may call the API; none by default, so a
+    # browser page of any other origin can read nothing and is refused writes
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """`TREELORA_CORS_ORIGINS` as a comma-separated list."""
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin == "*" or not ORIGIN.fullmatch(origin):
+                raise ValueError(f"cors_origins: {origin!r} is not scheme://host[:port] (no '*', no path)")
+        return [o.rstrip("/") for o in value]
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        key = self.admin_key.get_secret_value() if self.admin_key is not None else None
+        if key is not None and (len(key) < MIN_ADMIN_KEY or not key.isascii() or not key.isprintable()):
+            raise ValueError(f"admin_key must be at least {MIN_ADMIN_KEY} printable ASCII characters")
+        if self.auth and key is None:
+            raise ValueError("auth is on but no admin_key is set: set TREELORA_ADMIN_KEY")
+        return self
 
     @property
     def db_url(self) -> str:

@@ -7,35 +7,39 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
+from ..auth import CallerDep
 from ..deps import SessionDep
 from ..live import LiveEvents
-from ..schemas import EventOut, JobOut, Page
+from ..schemas import EventOut, JobOut, Page, errors
 from ..services import jobs
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401))
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 @router.get("", response_model=Page[JobOut])
 def list_jobs(
     session: SessionDep,
+    caller: CallerDep,
     stream_id: str | None = None,
     state: str | None = None,
     after: str | None = None,
     limit: Limit = 20,
 ) -> Page[JobOut]:
-    rows, more = jobs.list_jobs(session=session, stream_id=stream_id, state=state, after=after, limit=limit)
+    rows, more = jobs.list_jobs(
+        session=session, caller=caller, stream_id=stream_id, state=state, after=after, limit=limit
+    )
     return Page(data=[JobOut.of(r) for r in rows], has_more=more)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep) -> JobOut:
-    return JobOut.of(jobs.get_job(session=session, job_id=job_id))
+def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+    return JobOut.of(jobs.get_job(session=session, job_id=job_id, caller=caller))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep) -> JobOut:
-    return JobOut.of(jobs.cancel_job(session=session, job_id=job_id))
+def cancel_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+    return JobOut.of(jobs.cancel_job(session=session, caller=caller, job_id=job_id))
 
 
 @router.get(
@@ -47,16 +51,17 @@ def list_events(
     job_id: str,
     request: Request,
     session: SessionDep,
+    caller: CallerDep,
     after: int | None = None,
     limit: Limit = 100,
     last_event_id: Annotated[int | None, Header()] = None,
 ) -> Page[EventOut] | StreamingResponse:
     if "text/event-stream" in request.headers.get("accept", ""):
-        jobs.get_job(session=session, job_id=job_id)  # 404 before the stream starts
+        jobs.get_job(session=session, job_id=job_id, caller=caller)  # 404 before the stream starts
         session.close()  # the stream reads in short sessions of its own: hold no connection while it lasts
         start = last_event_id if last_event_id is not None else after
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         live: LiveEvents = request.app.state.live
         return StreamingResponse(live.follow(job_id, start), media_type="text/event-stream", headers=headers)
-    rows, more = jobs.list_events(session=session, job_id=job_id, after=after, limit=limit)
+    rows, more = jobs.list_events(session=session, caller=caller, job_id=job_id, after=after, limit=limit)
     return Page(data=[EventOut.model_validate(r) for r in rows], has_more=more)

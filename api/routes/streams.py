@@ -7,24 +7,26 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from .. import learners
+from ..auth import CallerDep
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..errors import TooLarge
-from ..schemas import JobOut, Page, StreamCreate, StreamDeletedOut, StreamOut, TaskOut, TaskSubmitted
+from ..schemas import JobOut, Page, StreamCreate, StreamDeletedOut, StreamOut, TaskOut, TaskSubmitted, errors
 from ..services import lifecycle, streams, tasks
 from ..services.common import NAME_PATTERN
 
-router = APIRouter(prefix="/v1/streams", tags=["streams"])
+router = APIRouter(prefix="/v1/streams", tags=["streams"], responses=errors(401))
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 @router.post("", status_code=201, response_model=StreamOut)
-def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep) -> StreamOut:
+def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> StreamOut:
     sections = {"lora", "train", "tree", "paper", "ewc", "o_lora", "lora_top"}
     # the fields the client set; the engine fills in its defaults
     config = {k: v for k, v in body.model_dump(include=sections, exclude_unset=True).items() if v is not None}
     stream = streams.create_stream(
         session=session,
         settings=settings,
+        caller=caller,
         name=body.name,
         base_model=body.base_model,
         strategy=body.strategy,
@@ -35,20 +37,26 @@ def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep
 
 
 @router.get("", response_model=Page[StreamOut])
-def list_streams(session: SessionDep, after: str | None = None, limit: Limit = 20) -> Page[StreamOut]:
-    rows, more = streams.list_streams(session=session, after=after, limit=limit)
+def list_streams(
+    session: SessionDep, caller: CallerDep, after: str | None = None, limit: Limit = 20
+) -> Page[StreamOut]:
+    rows, more = streams.list_streams(session=session, caller=caller, after=after, limit=limit)
     return Page(data=[StreamOut.model_validate(r) for r in rows], has_more=more)
 
 
 @router.get("/{stream_id}", response_model=StreamOut)
-def get_stream(stream_id: str, session: SessionDep) -> StreamOut:
-    return StreamOut.model_validate(streams.get_stream(session=session, stream_id=stream_id))
+def get_stream(stream_id: str, session: SessionDep, caller: CallerDep) -> StreamOut:
+    return StreamOut.model_validate(streams.get_stream(session=session, stream_id=stream_id, caller=caller))
 
 
 @router.delete("/{stream_id}", response_model=StreamDeletedOut)
-def delete_stream(stream_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep) -> StreamDeletedOut:
+def delete_stream(
+    stream_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, caller: CallerDep
+) -> StreamDeletedOut:
     """The stream's rows, then the blobs no other stream names (409 while a job is unfinished)."""
-    out = lifecycle.delete_stream(session=session, store=store, stream_id=stream_id, grace_s=settings.blob_grace_s)
+    out = lifecycle.delete_stream(
+        session=session, store=store, caller=caller, stream_id=stream_id, grace_s=settings.blob_grace_s
+    )
     return StreamDeletedOut.model_validate(out, from_attributes=True)
 
 
@@ -65,6 +73,7 @@ def submit_task(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    caller: CallerDep,
     name: Annotated[
         str, Form(pattern=NAME_PATTERN, description="task name, unique in the stream; rules as a stream name's")
     ],
@@ -78,6 +87,7 @@ def submit_task(
         session=session,
         settings=settings,
         store=store,
+        caller=caller,
         stream_id=stream_id,
         name=name,
         metric=metric,
@@ -88,23 +98,27 @@ def submit_task(
 
 
 @router.get("/{stream_id}/tasks", response_model=Page[TaskOut])
-def list_tasks(stream_id: str, session: SessionDep, after: str | None = None, limit: Limit = 20) -> Page[TaskOut]:
-    rows, more = tasks.list_tasks(session=session, stream_id=stream_id, after=after, limit=limit)
+def list_tasks(
+    stream_id: str, session: SessionDep, caller: CallerDep, after: str | None = None, limit: Limit = 20
+) -> Page[TaskOut]:
+    rows, more = tasks.list_tasks(session=session, caller=caller, stream_id=stream_id, after=after, limit=limit)
     return Page(data=[TaskOut.model_validate(r) for r in rows], has_more=more)
 
 
 @router.get("/{stream_id}/tasks/{task_id}", response_model=TaskOut)
-def get_task(stream_id: str, task_id: str, session: SessionDep) -> TaskOut:
-    return TaskOut.model_validate(tasks.get_task(session=session, stream_id=stream_id, task_id=task_id))
+def get_task(stream_id: str, task_id: str, session: SessionDep, caller: CallerDep) -> TaskOut:
+    return TaskOut.model_validate(tasks.get_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id))
 
 
 @router.post("/{stream_id}/tasks/{task_id}/retire", response_model=TaskOut)
-def retire_task(stream_id: str, task_id: str, session: SessionDep) -> TaskOut:
+def retire_task(stream_id: str, task_id: str, session: SessionDep, caller: CallerDep) -> TaskOut:
     """Stop serving a learned task (predict by id: 410; auto routing skips it); it stays in the tree and R."""
-    return TaskOut.model_validate(lifecycle.retire_task(session=session, stream_id=stream_id, task_id=task_id))
+    task = lifecycle.retire_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
+    return TaskOut.model_validate(task)
 
 
 @router.post("/{stream_id}/tasks/{task_id}/unretire", response_model=TaskOut)
-def unretire_task(stream_id: str, task_id: str, session: SessionDep) -> TaskOut:
+def unretire_task(stream_id: str, task_id: str, session: SessionDep, caller: CallerDep) -> TaskOut:
     """Serve a retired task again."""
-    return TaskOut.model_validate(lifecycle.unretire_task(session=session, stream_id=stream_id, task_id=task_id))
+    task = lifecycle.unretire_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
+    return TaskOut.model_validate(task)

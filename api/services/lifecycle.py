@@ -15,6 +15,7 @@ from ..errors import Conflict, Gone
 from ..models import Adapter, Evaluation, Job, JobEvent, Stream, Task, TreeVersion, now
 from ..storage import BlobStore
 from .blobs import delete_unreferenced, referenced
+from .owners import Caller
 from .streams import get_stream
 from .tasks import get_task
 
@@ -29,11 +30,13 @@ class StreamDeleted:
     blobs_young: int = 0  # younger than the grace period: kept for `python -m api.gc`
 
 
-def delete_stream(*, session: Session, store: BlobStore, stream_id: str, grace_s: float) -> StreamDeleted:
+def delete_stream(
+    *, session: Session, store: BlobStore, caller: Caller, stream_id: str, grace_s: float
+) -> StreamDeleted:
     """Delete a stream whose jobs have all finished: its rows in one transaction, then the blobs
     they named that no other row names and that are older than `grace_s` seconds. A stream with
     a queued or running job is a Conflict (`stream_busy`): cancel the jobs first."""
-    stream = get_stream(session=session, stream_id=stream_id)
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     # PostgreSQL: a task being submitted meanwhile waits for this transaction (its row's foreign
     # key locks the stream row), then fails; SQLite serialises writers anyway
     session.execute(select(Stream.id).where(Stream.id == stream.id).with_for_update())
@@ -76,11 +79,11 @@ def delete_stream(*, session: Session, store: BlobStore, stream_id: str, grace_s
     return out
 
 
-def retire_task(*, session: Session, stream_id: str, task_id: str) -> Task:
+def retire_task(*, session: Session, caller: Caller, stream_id: str, task_id: str) -> Task:
     """Retire a learned task from serving: predict and score by its id or name are 410, auto
     routing never picks it, its adapter is not exported; it stays in the tree and in R (later
     jobs still score it). Retiring a retired task changes nothing."""
-    task = get_task(session=session, stream_id=stream_id, task_id=task_id)
+    task = get_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     if task.status != TaskState.LEARNED:
         raise Conflict(
             f"task {task.name!r} is {task.status}: only a learned task can be retired",
@@ -93,9 +96,9 @@ def retire_task(*, session: Session, stream_id: str, task_id: str) -> Task:
     return task
 
 
-def unretire_task(*, session: Session, stream_id: str, task_id: str) -> Task:
+def unretire_task(*, session: Session, caller: Caller, stream_id: str, task_id: str) -> Task:
     """Serve a retired task again."""
-    task = get_task(session=session, stream_id=stream_id, task_id=task_id)
+    task = get_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     if task.retired_at is not None:
         task.retired_at = None
         session.commit()

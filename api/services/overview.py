@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..enums import TERMINAL
 from ..models import Job, Stream, Task
+from .owners import Caller, owned
 from .streams import get_stream
 
 
@@ -23,9 +24,9 @@ class StreamSummary:
         return sum(self.tasks.values())
 
 
-def stream_summaries(*, session: Session, limit: int = 200) -> list[StreamSummary]:
-    """The newest `limit` streams, newest first, with their tasks counted by status."""
-    streams = list(session.scalars(select(Stream).order_by(Stream.id.desc()).limit(limit)))
+def stream_summaries(*, session: Session, caller: Caller, limit: int = 200) -> list[StreamSummary]:
+    """The newest `limit` streams `caller` sees, newest first, with their tasks counted by status."""
+    streams = list(session.scalars(owned(select(Stream), caller).order_by(Stream.id.desc()).limit(limit)))
     out = {s.id: StreamSummary(s) for s in streams}
     if out:
         counts = session.execute(
@@ -48,9 +49,9 @@ class JobRow:
         return self.job.state in TERMINAL
 
 
-def recent_jobs(*, session: Session, stream_id: str, limit: int = 50) -> list[JobRow]:
+def recent_jobs(*, session: Session, caller: Caller, stream_id: str, limit: int = 50) -> list[JobRow]:
     """The stream's latest `limit` jobs, newest first, each with its task's name."""
-    stream = get_stream(session=session, stream_id=stream_id)
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     rows = session.execute(
         select(Job, Task.name)
         .join(Task, Task.id == Job.task_id)

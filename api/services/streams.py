@@ -14,24 +14,27 @@ from treelora_core.config import config_from_dict
 from treelora_core.errors import ConfigError
 
 from ..errors import Conflict, Invalid, NotFound
-from ..models import Stream, new_id
+from ..models import ADMIN_OWNER, Stream, new_id
 from ..settings import Settings
 from .common import check_name, page
+from .owners import Caller, owned
 
 
 def create_stream(
     *,
     session: Session,
     settings: Settings,
+    caller: Caller,
     name: str,
     base_model: str | None = None,
     strategy: str = "treelora",
     config: dict[str, Any] | None = None,
     linear_names: Callable[[str], Collection[str]] | None = None,
 ) -> Stream:
-    """A new stream. `linear_names(base_model)`, when given, lists the Linear layers the model has:
-    `lora.target_modules` must name only those. Two requests racing for one name: one gets the
-    stream, the other a 409 (the unique constraint decides, not the check before it)."""
+    """A new stream, owned by `caller`. `linear_names(base_model)`, when given, lists the Linear
+    layers the model has: `lora.target_modules` must name only those. Names are unique per owner.
+    Two requests racing for one name: one gets the stream, the other a 409 (the unique constraint
+    decides, not the check before it)."""
     check_name(name)
     model = base_model or settings.default_model
     if model not in settings.model_choices():
@@ -43,9 +46,12 @@ def create_stream(
         raise Invalid(str(exc), param=exc.param) from None
     if linear_names is not None:
         _check_targets(model, cfg.lora.target_modules, linear_names)
-    if session.scalar(select(Stream.id).where(Stream.name == name)) is not None:
+    taken = select(Stream.id).where(Stream.owner == caller.owner, Stream.name == name)
+    if session.scalar(taken) is not None:
         raise Conflict(f"a stream named {name!r} already exists", param="name")
-    stream = Stream(id=new_id("str"), name=name, base_model=model, strategy=strategy, config=asdict(cfg))
+    stream = Stream(
+        id=new_id("str"), name=name, owner=caller.owner, base_model=model, strategy=strategy, config=asdict(cfg)
+    )
     session.add(stream)
     try:
         session.commit()
@@ -69,13 +75,16 @@ def _check_targets(model: str, targets: Collection[str], linear_names: Callable[
         )
 
 
-def get_stream(*, session: Session, stream_id: str) -> Stream:
-    """By id or by name; an id wins (no name looks like an id: `common.check_name`, but rows
-    older than that rule may)."""
+def get_stream(*, session: Session, stream_id: str, caller: Caller) -> Stream:
+    """A stream `caller` sees, by id or by name; an id wins (no name looks like an id:
+    `common.check_name`, but rows older than that rule may). Names are unique per owner: the
+    admin's names resolve among its own streams first, then among everyone's, oldest first (name
+    another key's stream by its id to be sure). A stream the caller does not see is "not found",
+    as one that does not exist."""
     stream = session.scalar(
-        select(Stream)
+        owned(select(Stream), caller)
         .where(or_(Stream.id == stream_id, Stream.name == stream_id))
-        .order_by(case((Stream.id == stream_id, 0), else_=1))
+        .order_by(case((Stream.id == stream_id, 0), (Stream.owner == ADMIN_OWNER, 1), else_=2), Stream.id)
         .limit(1)
     )
     if stream is None:
@@ -83,5 +92,6 @@ def get_stream(*, session: Session, stream_id: str) -> Stream:
     return stream
 
 
-def list_streams(*, session: Session, after: str | None, limit: int) -> tuple[list[Stream], bool]:
-    return page(session, select(Stream), Stream.id, after=after, limit=limit)
+def list_streams(*, session: Session, caller: Caller, after: str | None, limit: int) -> tuple[list[Stream], bool]:
+    """The streams `caller` sees: its own (the admin: all)."""
+    return page(session, owned(select(Stream), caller), Stream.id, after=after, limit=limit)

@@ -21,6 +21,7 @@ from ..queue import enqueue
 from ..settings import Settings
 from ..storage import BlobStore
 from .common import check_name, page
+from .owners import Caller
 from .streams import get_stream
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,14 @@ def submit_task(
     session: Session,
     settings: Settings,
     store: BlobStore,
+    caller: Caller,
     stream_id: str,
     name: str,
     metric: str,
     train: bytes,
     eval_data: bytes | None,
 ) -> tuple[Task, Job]:
-    stream = get_stream(session=session, stream_id=stream_id)
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     check_name(name, reserved=("auto",))  # predict's task "auto" means routing: no task takes the name
     if metric not in METRICS:
         raise Invalid(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", param="metric")
@@ -118,9 +120,9 @@ def _reserve(session: Session, task: Task, stream_name: str) -> None:
         raise Conflict(f"stream {stream_name!r} already has a task named {task.name!r}", param="name") from None
 
 
-def get_task(*, session: Session, stream_id: str, task_id: str) -> Task:
-    """By id or by name within the stream; an id wins (see `streams.get_stream`)."""
-    stream = get_stream(session=session, stream_id=stream_id)
+def get_task(*, session: Session, caller: Caller, stream_id: str, task_id: str) -> Task:
+    """By id or by name within a stream `caller` sees; an id wins (see `streams.get_stream`)."""
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     task = session.scalar(
         select(Task)
         .where(Task.stream_id == stream.id, (Task.id == task_id) | (Task.name == task_id))
@@ -133,11 +135,17 @@ def get_task(*, session: Session, stream_id: str, task_id: str) -> Task:
 
 
 def get_learned_task(
-    *, session: Session, stream_id: str, task_id: str, param: str = "task_id", paths: Container[str] | None = None
+    *,
+    session: Session,
+    caller: Caller,
+    stream_id: str,
+    task_id: str,
+    param: str = "task_id",
+    paths: Container[str] | None = None,
 ) -> Task:
     """A task the stream has learned. Given a tree version's `paths`, also one that version holds:
     a task that finished after the stream row was read is not in the version read with it."""
-    task = get_task(session=session, stream_id=stream_id, task_id=task_id)
+    task = get_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     if task.status != TaskState.LEARNED or (paths is not None and task.name not in paths):
         raise NotFound(f"task {task.name!r} is not learned yet (status {task.status})", param=param)
     return task
@@ -160,6 +168,8 @@ def settle_task(*, session: Session, task_id: str, status: TaskState) -> None:
         task.status = status
 
 
-def list_tasks(*, session: Session, stream_id: str, after: str | None, limit: int) -> tuple[list[Task], bool]:
-    stream = get_stream(session=session, stream_id=stream_id)
+def list_tasks(
+    *, session: Session, caller: Caller, stream_id: str, after: str | None, limit: int
+) -> tuple[list[Task], bool]:
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     return page(session, select(Task).where(Task.stream_id == stream.id), Task.id, after=after, limit=limit)

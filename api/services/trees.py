@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from ..errors import NotFound
 from ..models import Adapter, Evaluation, Stream, Task, TreeVersion
 from .lifecycle import retired_names
+from .owners import Caller
 from .streams import get_stream
 from .tasks import get_learned_task, learned_tasks
 
@@ -25,8 +26,8 @@ def get_version(*, session: Session, stream: Stream, version: int | None = None)
     return session.scalar(select(TreeVersion).where(TreeVersion.stream_id == stream.id, TreeVersion.version == v))
 
 
-def tree(*, session: Session, stream_id: str, version: int | None = None) -> dict[str, Any]:
-    stream = get_stream(session=session, stream_id=stream_id)
+def tree(*, session: Session, caller: Caller, stream_id: str, version: int | None = None) -> dict[str, Any]:
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     tv = get_version(session=session, stream=stream, version=version)
     if tv is None:
         return {
@@ -61,7 +62,7 @@ def tree(*, session: Session, stream_id: str, version: int | None = None) -> dic
 
 
 def router(
-    *, session: Session, stream_id: str, version: int | None = None, min_confidence: float | None = None
+    *, session: Session, caller: Caller, stream_id: str, version: int | None = None, min_confidence: float | None = None
 ) -> dict[str, Any]:
     """A committed version's task router (default: the latest): its tasks, the retired ones that
     auto routing leaves out, and how its confidence is made. `calibration` holds the figures
@@ -71,7 +72,7 @@ def router(
     the share of each that `low_confidence` flags at the router's threshold. `threshold` is what
     `low_confidence` uses when a request gives no `min_confidence`: `min_confidence` (the
     service's setting) if set, else the router's."""
-    stream = get_stream(session=session, stream_id=stream_id)
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     tv = get_version(session=session, stream=stream, version=version)
     manifest = tv.manifest if tv is not None else {}
     tasks = list(manifest.get("router", []))
@@ -102,8 +103,8 @@ def router(
     }
 
 
-def versions(*, session: Session, stream_id: str) -> list[dict[str, Any]]:
-    stream = get_stream(session=session, stream_id=stream_id)
+def versions(*, session: Session, caller: Caller, stream_id: str) -> list[dict[str, Any]]:
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     rows = session.scalars(select(TreeVersion).where(TreeVersion.stream_id == stream.id).order_by(TreeVersion.version))
     return [
         {"version": r.version, "created_by": r.created_by, "created_at": r.created_at, "tasks": list(r.paths)}
@@ -111,29 +112,31 @@ def versions(*, session: Session, stream_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def learned(*, session: Session, stream_id: str, task_id: str) -> tuple[Stream, Task, TreeVersion]:
+def learned(*, session: Session, caller: Caller, stream_id: str, task_id: str) -> tuple[Stream, Task, TreeVersion]:
     """A learned task with its stream and the stream's latest version, which holds its path."""
-    stream = get_stream(session=session, stream_id=stream_id)
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     tv = get_version(session=session, stream=stream)
-    task = get_learned_task(session=session, stream_id=stream.id, task_id=task_id, paths=tv.paths if tv else {})
+    task = get_learned_task(
+        session=session, caller=caller, stream_id=stream.id, task_id=task_id, paths=tv.paths if tv else {}
+    )
     assert tv is not None  # with no version, no task is learned: the call above raised
     return stream, task, tv
 
 
-def task_path(*, session: Session, stream_id: str, task_id: str) -> dict[str, Any]:
-    _stream, task, tv = learned(session=session, stream_id=stream_id, task_id=task_id)
+def task_path(*, session: Session, caller: Caller, stream_id: str, task_id: str) -> dict[str, Any]:
+    _stream, task, tv = learned(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     return {"task": task.name, "task_id": task.id, "tree_version": tv.version, "segments": tv.paths[task.name]}
 
 
-def similar(*, session: Session, stream_id: str, task_id: str, limit: int = 10) -> dict[str, Any]:
-    _stream, task, tv = learned(session=session, stream_id=stream_id, task_id=task_id)
+def similar(*, session: Session, caller: Caller, stream_id: str, task_id: str, limit: int = 10) -> dict[str, Any]:
+    _stream, task, tv = learned(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     sims = tv.similarity.get(task.name, {})
     ranked = sorted(sims.items(), key=lambda kv: -kv[1])[:limit]
     return {"task": task.name, "tree_version": tv.version, "similar": [{"task": n, "similarity": s} for n, s in ranked]}
 
 
-def adapters(*, session: Session, stream_id: str, version: int | None = None) -> list[Adapter]:
-    stream = get_stream(session=session, stream_id=stream_id)
+def adapters(*, session: Session, caller: Caller, stream_id: str, version: int | None = None) -> list[Adapter]:
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     tv = get_version(session=session, stream=stream, version=version)
     if tv is None:
         return []
@@ -146,11 +149,11 @@ def adapters(*, session: Session, stream_id: str, version: int | None = None) ->
     )
 
 
-def evaluations(*, session: Session, stream_id: str) -> dict[str, Any]:
+def evaluations(*, session: Session, caller: Caller, stream_id: str) -> dict[str, Any]:
     """R[t][i]: score (%) on task i after the stream's t-th version; OP, BWT and forgetting. A
     score a job could not compute (the task's stored eval split was missing or corrupt: its
     `evaluation.skipped` event) is null in R, listed in `missing`, and left out of the metrics."""
-    stream = get_stream(session=session, stream_id=stream_id)
+    stream = get_stream(session=session, stream_id=stream_id, caller=caller)
     rows = list(
         session.scalars(select(Evaluation).where(Evaluation.stream_id == stream.id).order_by(Evaluation.tree_version))
     )

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.services import runs, streams, tasks
+from api.services.owners import ADMIN, Caller
 from api.settings import Settings
 from api.storage import BlobStore
 from treelora_core.adapter_tree import AdapterTree
@@ -23,11 +24,19 @@ def records(name: str, n: int = 12) -> bytes:
 
 
 def many_task_stream(
-    *, session: Session, settings: Settings, store: BlobStore, name: str, n_tasks: int, blocks: int = 30, seed: int = 0
+    *,
+    session: Session,
+    settings: Settings,
+    store: BlobStore,
+    name: str,
+    n_tasks: int,
+    blocks: int = 30,
+    seed: int = 0,
+    caller: Caller = ADMIN,
 ) -> list[str]:
     """Create stream `name` with `n_tasks` learned tasks (one tree version each); its task names."""
     rng = random.Random(seed)
-    stream = streams.create_stream(session=session, settings=settings, name=name)
+    stream = streams.create_stream(session=session, settings=settings, caller=caller, name=name)
     tree = AdapterTree(0, blocks)
     names: list[str] = []
     R: list[dict[str, float]] = []
@@ -38,6 +47,7 @@ def many_task_stream(
             session=session,
             settings=settings,
             store=store,
+            caller=caller,
             stream_id=stream.id,
             name=task_name,
             metric="exact_match",

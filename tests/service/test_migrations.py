@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from api.migrate import downgrade, upgrade
 from api.models import Base
@@ -89,3 +90,35 @@ def rows(url: str, sql: str) -> list[tuple[object, ...]]:
         out = [tuple(r) for r in conn.execute(text(sql))]
     engine.dispose()
     return out
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_api_keys_migration_gives_existing_streams_to_the_admin(
+    backend: str, pg_server_url: str, tmp_path: Path
+) -> None:
+    """0003 adds `api_keys` and `streams.owner` ("admin" for the streams already there) and makes
+    stream names unique per owner; its downgrade keeps the rows."""
+    url = fresh_database(pg_server_url) if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0002")
+    insert = (
+        "insert into streams (id, name, {owner}base_model, strategy, config, tree_version, created_at)"
+        " values ('{id}', 's', {value}'m', 'treelora', '{{}}', 0, '2026-01-01T00:00:00+00:00')"
+    )
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(insert.format(owner="", id="str_1", value="")))
+    engine.dispose()
+    upgrade(url)
+    assert "api_keys" in tables(url) and schema_diff(url) == []
+    assert rows(url, "select id, owner from streams") == [("str_1", "admin")]
+    engine = create_engine(url)
+    with engine.begin() as conn:  # another owner may use the name; the same owner may not
+        conn.execute(text(insert.format(owner="owner, ", id="str_2", value="'key_a', ")))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(insert.format(owner="owner, ", id="str_3", value="'key_a', ")))
+    with engine.begin() as conn:
+        conn.execute(text("delete from streams where id = 'str_2'"))
+    engine.dispose()
+    downgrade(url, "0002")
+    assert "api_keys" not in tables(url)
+    assert rows(url, "select id, name from streams") == [("str_1", "s")]

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.db import session_factory
 from api.services import trees
+from api.services.owners import ADMIN
 from api.settings import Settings
 from worker.runner import run_job
 
@@ -82,5 +83,5 @@ def test_router_reports_its_calibration_and_low_confidence_follows_it(wclient: T
     assert scored.status_code == 200 and scored.json()["results"][0]["low_confidence"] is True
 
     with session_factory(wsettings.db_url)() as session:  # the service's own setting overrides the router's
-        fixed = trees.router(session=session, stream_id="s", min_confidence=0.2)
+        fixed = trees.router(session=session, caller=ADMIN, stream_id="s", min_confidence=0.2)
     assert fixed["threshold"] == 0.2 and fixed["threshold_source"] == "settings"

@@ -1,5 +1,9 @@
 // TreeLoRA page: the JSON API for what changes (live job progress over SSE, uploads, predictions);
 // the server renders everything else. No dependencies.
+// With authentication on, the server answers a page asked for without a key with a form for one;
+// the key is kept in localStorage and sent as a bearer header with every request, the page's own
+// HTML included (fetched and swapped in). The live events are read with fetch, not EventSource
+// (which cannot send a header), so the key never goes into a URL.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -14,8 +18,15 @@ function el(tag, attrs = {}, text) {
   return e;
 }
 
+const KEY = "treelora.api_key";
+
+function authHeaders(headers = {}) {
+  const key = localStorage.getItem(KEY);
+  return key ? { ...headers, authorization: "Bearer " + key } : headers;
+}
+
 async function api(method, url, body) {
-  const init = { method, headers: { accept: "application/json" } };
+  const init = { method, headers: authHeaders({ accept: "application/json" }) };
   if (body instanceof FormData) init.body = body;
   else if (body !== undefined) {
     init.body = JSON.stringify(body);
@@ -23,6 +34,7 @@ async function api(method, url, body) {
   }
   const resp = await fetch(url, init);
   const data = await resp.json().catch(() => ({}));
+  if (resp.status === 401 && localStorage.getItem(KEY)) forgetKey();  // revoked meanwhile
   if (!resp.ok) {
     const err = (data && data.error) || { code: "http_" + resp.status, message: resp.statusText };
     throw Object.assign(new Error(err.message), { error: err });
@@ -294,6 +306,54 @@ function applyProgress(li, p) {
   $('[data-f="eta"]', li).textContent = p.eta_s && !TERMINAL.includes(p.state) ? `ETA ${fmtEta(p.eta_s)}` : "";
 }
 
+// A Server-Sent Events stream read with fetch (EventSource cannot send the key's header): calls
+// on(type, data) per event; reconnects with Last-Event-ID when the connection drops before the
+// service ends the stream. close() stops it.
+function eventStream(url, on) {
+  const ctl = new AbortController();
+  let lastId = null, done = false;
+  const dispatch = (block) => {
+    let type = "message", data = "";
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event:")) type = line.slice(6).trim();
+      else if (line.startsWith("data:")) data += line.slice(5).trim();
+      else if (line.startsWith("id:")) lastId = line.slice(3).trim();
+    }
+    if (data) on(type, data);
+  };
+  (async () => {
+    while (!done) {
+      try {
+        const headers = authHeaders({ accept: "text/event-stream" });
+        if (lastId !== null) headers["last-event-id"] = lastId;
+        const resp = await fetch(url, { headers, signal: ctl.signal });
+        if (!resp.ok || !resp.body) {
+          if (resp.status === 401) forgetKey();
+          if (resp.status >= 400 && resp.status < 500) return;  // gone or not ours: no point retrying
+          throw new Error("status " + resp.status);
+        }
+        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        for (;;) {
+          const { value, done: end } = await reader.read();
+          if (end) break;
+          buf += value.replace(/\r\n?/g, "\n");
+          let cut;
+          while ((cut = buf.indexOf("\n\n")) >= 0) {
+            dispatch(buf.slice(0, cut));
+            buf = buf.slice(cut + 2);
+          }
+        }
+        return;  // the service ended the stream: the job finished
+      } catch (err) {
+        if (ctl.signal.aborted) return;
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    }
+  })();
+  return { close: () => { done = true; ctl.abort(); } };
+}
+
 // Follow the oldest unfinished job (a stream trains its jobs one at a time, in order): one event
 // stream open at a time, whatever the number of queued jobs.
 function watchNext() {
@@ -303,10 +363,11 @@ function watchNext() {
   const id = li.dataset.job;
   if (state.watching && state.watching.id === id) return;
   if (state.watching) state.watching.es.close();
-  const es = new EventSource(`/v1/jobs/${id}/events`);
+  const handlers = {};
+  const es = eventStream(`/v1/jobs/${id}/events`, (type, data) => handlers[type] && handlers[type](data));
   state.watching = { id, es };
-  es.addEventListener("progress", (e) => {
-    const p = JSON.parse(e.data);
+  handlers.progress = (data) => {
+    const p = JSON.parse(data);
     const cur = $(`.job[data-job="${id}"]`);
     if (cur) applyProgress(cur, p);
     const L = jobLosses(id);
@@ -319,14 +380,14 @@ function watchNext() {
       state.watching = null;
       refresh();
     }
-  });
-  es.addEventListener("epoch.validated", (e) => {
-    const ev = JSON.parse(e.data);
+  };
+  handlers["epoch.validated"] = (data) => {
+    const ev = JSON.parse(data);
     const L = jobLosses(id);
     if (ev.data.val_loss != null && !L.val.some((v) => v[0] === ev.data.step)) L.val.push([ev.data.step, ev.data.val_loss]);
     if (ev.data.train_loss !== undefined && !L.epochTrain.some((v) => v[0] === ev.data.step)) L.epochTrain.push([ev.data.step, ev.data.train_loss]);
     drawLosses(id);
-  });
+  };
 }
 
 document.addEventListener("click", async (e) => {
@@ -351,7 +412,7 @@ async function refresh() {
   if (refreshing) return refreshing;
   refreshing = (async () => {
     try {
-      const resp = await fetch(location.pathname, { headers: { accept: "text/html" } });
+      const resp = await fetch(location.pathname, { headers: authHeaders({ accept: "text/html" }) });
       if (!resp.ok) return;
       const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
       const openCurves = $$("details.curves[open]").map((d) => d.dataset.job);
@@ -462,7 +523,50 @@ function initPlayground() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+// ---- the API key (authentication on) ---------------------------------------------------------
+function forgetKey() {
+  localStorage.removeItem(KEY);
+  const btn = $("#forget-key");
+  if (btn) btn.hidden = true;
+}
+
+// The server sent the key form (no key came with the request): load the page again with the key.
+async function unlock() {
+  const form = $("#key-form");
+  const box = $(".alert", form);
+  const resp = await fetch(location.pathname + location.search, { headers: authHeaders({ accept: "text/html" }) });
+  if (resp.status === 401) {
+    const data = await resp.json().catch(() => ({}));
+    forgetKey();
+    showAlert(box, (data.error && data.error.message) || "this key is not valid", { error: true });
+    return false;
+  }
+  const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+  if ($("#key-form", doc)) return false;
+  document.title = doc.title;
+  $("main").replaceWith(document.importNode($("main", doc), true));
+  return true;
+}
+
+function initKey() {
+  const btn = $("#forget-key");
+  if (btn) {
+    btn.hidden = !localStorage.getItem(KEY);
+    btn.onclick = () => { forgetKey(); location.reload(); };
+  }
+  const form = $("#key-form");
+  if (!form) return Promise.resolve(true);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    localStorage.setItem(KEY, new FormData(form).get("key").trim());
+    if (await unlock()) start();
+  });
+  return localStorage.getItem(KEY) ? unlock() : Promise.resolve(false);
+}
+
+function start() {
+  const btn = $("#forget-key");
+  if (btn) btn.hidden = !localStorage.getItem(KEY);
   initCreate();
   initTree();
   initMetrics();
@@ -470,4 +574,8 @@ document.addEventListener("DOMContentLoaded", () => {
   initUpload();
   initPlayground();
   poll();
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  if (await initKey()) start();
 });
