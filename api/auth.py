@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .db import session_factory
-from .errors import Forbidden, InvalidToken, Unauthorized, error_body
+from .errors import Forbidden, InvalidToken, Unauthorized, wire_error
 from .schemas import ERRORS, ErrorOut
 from .services.keys import authenticate
 from .services.owners import ADMIN, Caller
@@ -102,7 +102,7 @@ class Authenticate:
         try:
             state["caller"] = await anyio.to_thread.run_sync(self._lookup, bearer_token(header))
         except Unauthorized as exc:
-            body = error_body(exc.code, exc.message)
+            body = wire_error(scope["path"], exc.status, exc.code, exc.message)  # OpenAI's shape on its routes
             await JSONResponse(body, status_code=exc.status, headers=exc.headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)

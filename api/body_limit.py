@@ -16,7 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body
+from .errors import wire_error
 from .settings import Settings
 
 UPLOAD_PATH = re.compile(r"/v1/streams/[^/]+/tasks/?")  # POST: multipart upload of a task
@@ -54,7 +54,7 @@ class BodyLimit:
         limit = limit_for(self.settings, scope["method"], scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(send, limit)  # nothing read: the client may stop sending
+            await _refuse(send, limit, scope["path"])  # nothing read: the client may stop sending
             return
         received, exceeded, started = 0, False, False
 
@@ -81,11 +81,11 @@ class BodyLimit:
         except BodyTooLarge:  # read where no handler answers it (outside a route's body parsing)
             if started:
                 raise
-            await _refuse(send, limit)
+            await _refuse(send, limit, scope["path"])
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps(error_body("too_large", f"request body is larger than {limit} bytes")).encode()
+async def _refuse(send: Send, limit: int, path: str) -> None:
+    body = json.dumps(wire_error(path, 413, "too_large", f"request body is larger than {limit} bytes")).encode()
     await send(
         {
             "type": "http.response.start",

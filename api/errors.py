@@ -1,9 +1,14 @@
-"""Service errors: one shape on the wire, `{"error": {"code", "message", "param"?, "line"?}}`.
+"""Service errors: one shape on the wire, `{"error": {"code", "message", "param"?, "line"?}}`, and
+OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, on the OpenAI-compatible routes.
 Service functions raise these; the HTTP layer only maps them to a status and a JSON body."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# the OpenAI-compatible routes (api/routes/openai_compat.py): their errors take OpenAI's shape
+OPENAI_PATHS = re.compile(r"/v1/(models|completions|chat/completions)(/.*)?")
 
 
 class ServiceError(Exception):
@@ -49,6 +54,22 @@ class Forbidden(ServiceError):
     status, code = 403, "forbidden"
 
 
+def openai_error_body(status: int, code: str, message: str, *, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape: the same status and code as the service's, and OpenAI's `type`."""
+    kinds = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+    kind = kinds.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def wire_error(
+    path: str, status: int, code: str, message: str, *, param: str | None = None, line: int | None = None
+) -> dict[str, Any]:
+    """The error body a request to `path` gets: OpenAI's shape on its routes, else the service's."""
+    if OPENAI_PATHS.fullmatch(path):
+        return openai_error_body(status, code, message, param=param)
+    return error_body(code, message, param=param, line=line)
+
+
 class Invalid(ServiceError):
     status, code = 422, "invalid"
 
@@ -67,6 +88,12 @@ class TooLarge(ServiceError):
 
 class Gone(ServiceError):
     status, code = 410, "gone"
+
+
+class Unsupported(ServiceError):
+    """A request parameter this service does not implement (OpenAI's `logprobs`, say)."""
+
+    status, code = 400, "unsupported_parameter"
 
 
 class Internal(ServiceError):

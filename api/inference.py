@@ -12,6 +12,7 @@ import tarfile
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import anyio.to_thread
 from treelora_core.export import export_peft
 from treelora_core.learner import ContinualLearner
 from treelora_core.serving import AdapterPool, GenParams, Server
+from treelora_core.types import Prompt
 
 from .errors import Conflict, Gone, Invalid
 from .learners import base_model, load_learner
@@ -27,6 +29,7 @@ from .models import Stream, TreeVersion
 from .serving import Batcher, Request, ServedCache, check_choices, check_inputs
 from .settings import Routing, Settings
 from .storage import BlobStore
+from .streaming import TokenStream
 
 
 class Inference:
@@ -60,7 +63,7 @@ class Inference:
         }
 
     def _request(
-        self, stream: Stream, task: str, inputs: list[str], retired: frozenset[str] = frozenset(), **kw: Any
+        self, stream: Stream, task: str, inputs: Sequence[Prompt], retired: frozenset[str] = frozenset(), **kw: Any
     ) -> Request:
         """A request on the stream's latest committed version, as read when it arrived; `retired`:
         the tasks auto routing leaves out. The body is checked first: a bad one is 422 whatever
@@ -69,24 +72,61 @@ class Inference:
         if stream.tree_version == 0:
             raise Conflict(f"stream {stream.name!r} has learned no task yet", code="not_ready")
         served = self.served.get(stream)
+        if not served.fmt.tok.chat_template and any(not isinstance(p, str) for p in inputs):
+            raise Invalid(
+                f"base model {stream.base_model!r} has no chat template: send prompts instead", param="inputs"
+            )
         retired = retired & set(served.paths)
         if task == "auto" and retired and not set(served.paths) - retired:
             raise Gone(f"every task of stream {stream.name!r} is retired: none to route to", code="task_retired")
         return Request(served, inputs, task, retired=retired, **kw)
 
-    def predict(
-        self, stream: Stream, task: str, inputs: list[str], retired: frozenset[str] = frozenset(), **gen: Any
-    ) -> dict[str, Any]:
+    def generation(
+        self,
+        stream: Stream,
+        task: str,
+        inputs: Sequence[Prompt],
+        retired: frozenset[str] = frozenset(),
+        *,
+        routing: Routing | None = None,
+        min_confidence: float | None = None,
+        n: int = 1,
+        **gen: Any,
+    ) -> Request:
+        """A checked generation request, not queued yet. `n`: answers per input (each input
+        repeated `n` times in a row; with a seed, copy k samples with seed + k, so they differ)."""
         s = self.settings
         if gen["max_new_tokens"] > s.max_new_tokens_limit:
             raise Invalid(f"max_new_tokens must be at most {s.max_new_tokens_limit}", param="max_new_tokens")
-        routing = gen.pop("routing") or s.routing
-        min_conf = gen.pop("min_confidence")
-        conf = s.route_min_confidence if min_conf is None else min_conf
-        req = self._request(
-            stream, task, inputs, retired, params=GenParams(**gen), routing=routing, min_confidence=conf
+        conf = s.route_min_confidence if min_confidence is None else min_confidence
+        params: GenParams | list[GenParams] = GenParams(**gen)
+        if n > 1:
+            inputs = [p for p in inputs for _ in range(n)]
+            seed = gen.get("seed")
+            params = [GenParams(**{**gen, "seed": None if seed is None else seed + k}) for k in range(n)] * (
+                len(inputs) // n
+            )
+        return self._request(
+            stream, task, inputs, retired, params=params, routing=routing or s.routing, min_confidence=conf
         )
+
+    def predict(
+        self, stream: Stream, task: str, inputs: Sequence[Prompt], retired: frozenset[str] = frozenset(), **gen: Any
+    ) -> dict[str, Any]:
+        req = self.generation(stream, task, inputs, retired, **gen)
         return {"tree_version": req.served.version, "predictions": self.batcher.submit(req)}
+
+    def predict_stream(
+        self, stream: Stream, task: str, inputs: Sequence[Prompt], retired: frozenset[str] = frozenset(), **gen: Any
+    ) -> tuple[int, TokenStream]:
+        """As `predict`, answered piece by piece as the batch decodes: (tree version, the pieces).
+        The request is checked (and can fail) here, before anything is streamed."""
+        req = self.generation(stream, task, inputs, retired, **gen)
+        tokens = TokenStream()
+        req.on_text = tokens.on_text
+        tokens.follow(req.future)
+        self.batcher.put(req)
+        return req.served.version, tokens
 
     def score(
         self,

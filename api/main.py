@@ -16,11 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import Authenticate, declare_auth
 from .body_limit import BodyLimit
-from .errors import ServiceError, error_body
+from .errors import ServiceError, wire_error
 from .inference import Inference, widen_threadpool
 from .live import LiveEvents
 from .origins import add_origin_policy
-from .routes import health, jobs, keys, pages, streams, trees
+from .routes import health, jobs, keys, openai_compat, pages, streams, trees
 from .schemas import with_limits
 from .settings import Settings, get_settings
 from .storage import make_store
@@ -30,6 +30,7 @@ HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415
 
 
 def _error(
+    request: Request,
     status: int,
     code: str,
     message: str,
@@ -37,7 +38,9 @@ def _error(
     line: int | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, param=param, line=line), status_code=status, headers=headers)
+    """The error in the shape the route speaks (`errors.wire_error`: OpenAI's on its routes)."""
+    body = wire_error(request.url.path, status, code, message, param=param, line=line)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,18 +72,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's host
     )
-    for r in (streams.router, trees.router, jobs.router, keys.router, health.router, pages.router):
+    for r in (
+        streams.router,
+        trees.router,
+        jobs.router,
+        keys.router,
+        openai_compat.router,
+        health.router,
+        pages.router,
+    ):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     plain_openapi = app.openapi
     app.openapi = lambda: with_limits(declare_auth(plain_openapi()), settings)  # type: ignore[method-assign]
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.param, exc.line, exc.headers)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(request, exc.status, exc.code, exc.message, exc.param, exc.line, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         # a location is field names (and list indices); a JSON syntax error's position is not one
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
@@ -89,18 +100,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         msg = first.get("msg", "invalid request")
         if first.get("type") == "missing":
             msg = f"missing required field {'.'.join(loc)!r}"
-        return _error(422, "invalid", msg, ".".join(loc) or None)
+        return _error(request, 422, "invalid", msg, ".".join(loc) or None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # keeps the exception's headers: a 405's Allow
         code = HTTP_CODES.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return _error(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal", "internal error; it has been logged")
+        return _error(request, 500, "internal", "internal error; it has been logged")
 
     # request bodies counted as they arrive (Content-Length or chunked): 413 past the route's limit
     app.add_middleware(BodyLimit, settings=settings)

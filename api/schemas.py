@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -272,6 +272,7 @@ class PredictIn(BaseModel):
     ignore_eos: bool = Field(default=False, description="always generate max_new_tokens (load tests)")
     routing: Routing | None = Field(default=None, description='for task "auto": flat prototypes or tree descent')
     min_confidence: Confidence = None
+    stream: bool = Field(default=False, description="answer as server-sent events, token by token")
 
 
 class ScoreIn(BaseModel):
@@ -305,6 +306,8 @@ def with_limits(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
 class PredictionOut(BaseModel):
     output: str
     tokens: int
+    finish_reason: Literal["stop", "length"] = Field(description="stop: the end token or a stop string")
+    prompt_tokens: int = Field(description="the prompt's tokens, as cut to the stream's max_length")
     task: str | None
     confidence: float | None
     low_confidence: bool

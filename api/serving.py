@@ -4,6 +4,8 @@ they target (rows are grouped per block inside `treelora_core.serving.Server`).
 
 A request resolves its stream's tree version when it arrives and keeps it: a version committed
 meanwhile is seen by the next request, and the adapters a batch uses stay pinned until it ends.
+A streamed request (`Request.on_text`) hears its text as each decoding step of its batch finishes;
+streamed and unstreamed requests share batches.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,9 +26,9 @@ import safetensors.torch as st
 from treelora_core.config import config_from_dict
 from treelora_core.models import Formatter
 from treelora_core.router import PrototypeRouter
-from treelora_core.serving import Factors, GenParams, Server, factors_from_state
+from treelora_core.serving import Factors, Generated, GenParams, Server, factors_from_state
 from treelora_core.strategies import needs_task_id
-from treelora_core.types import Path
+from treelora_core.types import Path, Prompt
 
 from .errors import Internal, Invalid, ServiceError
 from .learners import base_model, latest_version, load_router
@@ -64,8 +67,10 @@ Routes = list[list[tuple[str, float | None]]]  # per request, per input: (task, 
 
 
 class Batchable(Protocol):
-    prompts: list[str]
-    choices: list[str]
+    @property
+    def prompts(self) -> Sequence[object]: ...
+    @property
+    def choices(self) -> list[str]: ...
 
 
 Q = TypeVar("Q", bound=Batchable)
@@ -91,17 +96,38 @@ def gather(q: queue.Queue[Q], window_ms: float, max_rows: int, max_wait_ms: floa
     return batch
 
 
+# Hears input i's new text after each decoding step, and its answer (the item `predict` returns
+# for it) once it has finished: `on_text(i, text, answer or None)`. It runs on the batcher's
+# thread, inside the decoding loop: it must only hand the text on.
+OnText = Callable[[int, str, dict[str, Any] | None], None]
+
+
 @dataclass
 class Request:
     served: Served
-    prompts: list[str]
+    prompts: Sequence[Prompt]  # text, or a conversation (rendered with the chat template)
     task: str  # a task name or "auto"
-    params: GenParams | None = None  # generation; None: scoring
+    params: GenParams | Sequence[GenParams] | None = None  # generation (one for all inputs, or one each); None: scoring
     choices: list[str] = field(default_factory=list)
     min_confidence: float | None = None  # None: the router's calibrated threshold
     routing: Routing = "flat"
     future: Future[list[dict[str, Any]]] = field(default_factory=Future)
     retired: frozenset[str] = frozenset()  # tasks auto routing leaves out (never all of them)
+    on_text: OnText | None = None  # streamed: see `OnText`
+    streamed: bool = False  # some of its text has gone out: it cannot be run again
+
+    def gen(self, i: int) -> GenParams:
+        assert self.params is not None
+        return self.params if isinstance(self.params, GenParams) else self.params[i]
+
+
+def routing_text(prompt: Prompt) -> str:
+    """What auto routing reads: the text, or a conversation's last user message (the prototypes
+    were built from single prompts, not from whole conversations)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
 
 
 class Batcher:
@@ -116,6 +142,10 @@ class Batcher:
     def submit(self, req: Request) -> list[dict[str, Any]]:
         self.queue.put(req)
         return req.future.result()
+
+    def put(self, req: Request) -> None:
+        """Queue a request without waiting for it: a streamed one, say (its `on_text` hears it)."""
+        self.queue.put(req)
 
     def _loop(self) -> None:
         while True:
@@ -135,17 +165,22 @@ class Batcher:
 
     def _run_apart(self, server: Server, reqs: list[Request]) -> None:
         """Run the requests as one batch; if the batch raises, run each of them alone, so that
-        only a request that fails on its own gets an error and the others their answers."""
+        only a request that fails on its own gets an error and the others their answers (but a
+        streamed request whose text had begun to go out gets the batch's error: a second run may
+        not repeat that text)."""
         try:
             self._run(server, reqs)
             return
-        except Exception as exc:
+        except Exception as err:
+            batch_error = err
             if len(reqs) == 1:
-                _fail(reqs[0], exc)
+                _fail(reqs[0], err)
                 return
-            log.warning("a batch of %d requests failed (%r): running them one by one", len(reqs), exc)
+            log.warning("a batch of %d requests failed (%r): running them one by one", len(reqs), err)
         for r in reqs:
-            if not r.future.done():
+            if r.streamed:
+                _fail(r, batch_error)
+            elif not r.future.done():
                 try:
                     self._run(server, [r])
                 except Exception as exc:
@@ -166,20 +201,14 @@ class Batcher:
         self.rows += len(texts) + len(logps)
         for r, ts in zip(reqs, tasks, strict=True):
             answers: list[dict[str, Any]] = []
-            threshold = r.served.router.threshold if r.min_confidence is None else r.min_confidence
             for i, (task, conf) in enumerate(ts):
-                item: dict[str, Any] = {
-                    "task": task if r.served.needs_task_id else None,
-                    "confidence": conf,
-                    "low_confidence": conf is not None and conf < threshold,
-                    "path": r.served.segments.get(task, []),
-                }
                 if r.params is not None:
-                    item["output"], item["tokens"] = texts[(id(r), i)]
-                else:
-                    scored = {c: logps[(id(r), i, c)] for c in r.choices}
-                    item["choices"] = [{"choice": c, "logprob": round(v, 4)} for c, v in scored.items()]
-                    item["best"] = max(scored, key=lambda c: scored[c])
+                    answers.append(texts[(id(r), i)])
+                    continue
+                item = _route(r, task, conf)
+                scored = {c: logps[(id(r), i, c)] for c in r.choices}
+                item["choices"] = [{"choice": c, "logprob": round(v, 4)} for c, v in scored.items()]
+                item["best"] = max(scored, key=lambda c: scored[c])
                 answers.append(item)
             r.future.set_result(answers)
 
@@ -187,7 +216,7 @@ class Batcher:
         """Each input's task and routing confidence: the given task, or the router's pick from
         base-model embeddings (one forward pass for all of the batch's `auto` inputs)."""
         auto = [
-            r.served.fmt.encode_prompt(p)
+            r.served.fmt.encode_prompt(routing_text(p))
             for r in reqs
             if r.task == "auto" and r.served.needs_task_id
             for p in r.prompts
@@ -207,22 +236,47 @@ class Batcher:
             k += len(r.prompts)
         return out
 
-    def _generate(self, server: Server, reqs: list[Request], tasks: Routes) -> dict[tuple[int, int], tuple[str, int]]:
+    def _generate(self, server: Server, reqs: list[Request], tasks: Routes) -> dict[tuple[int, int], dict[str, Any]]:
+        """Each generating input's answer (`predict`'s item); streamed inputs hear their text as
+        the steps finish, and their answer as soon as their own row ends."""
         rows = [
-            (r, r.params, i, ts[i][0])
+            (r, r.gen(i), i, ts[i])
             for r, ts in zip(reqs, tasks, strict=True)
             if r.params is not None
             for i in range(len(r.prompts))
         ]
-        out: dict[tuple[int, int], tuple[str, int]] = {}
+        out: dict[tuple[int, int], dict[str, Any]] = {}
         for lo in range(0, len(rows), self.settings.max_batch):
-            chunk = rows[lo : lo + self.settings.max_batch]
-            params = [p for _, p, _, _ in chunk]
-            ids = [r.served.fmt.encode_prompt(r.prompts[i], min(p.max_new_tokens, 64)) for r, p, i, _ in chunk]
-            paths = [r.served.paths[t] for r, _, _, t in chunk]
-            for (r, _, i, _), res in zip(chunk, server.generate(ids, paths, params), strict=True):
-                out[(id(r), i)] = res
+            self._decode(server, rows[lo : lo + self.settings.max_batch], out)
         return out
+
+    def _decode(
+        self,
+        server: Server,
+        chunk: list[tuple[Request, GenParams, int, tuple[str, float | None]]],
+        out: dict[tuple[int, int], dict[str, Any]],
+    ) -> None:
+        ids = [r.served.fmt.encode_prompt(r.prompts[i], min(p.max_new_tokens, 64)) for r, p, i, _ in chunk]
+        paths = [r.served.paths[t] for r, _, _, (t, _) in chunk]
+
+        def answer(k: int, g: Generated) -> dict[str, Any]:
+            r, _, i, (task, conf) = chunk[k]
+            item = _route(r, task, conf)
+            item.update(output=g.text, tokens=g.tokens, finish_reason=g.finish_reason, prompt_tokens=len(ids[k]))
+            out[(id(r), i)] = item
+            return item
+
+        def emit(k: int, text: str, done: Generated | None) -> None:
+            r, _, i, _ = chunk[k]
+            if r.on_text is not None:
+                r.streamed = True
+                r.on_text(i, text, None if done is None else answer(k, done))
+
+        streaming = any(r.on_text is not None for r, _, _, _ in chunk)
+        params = [p for _, p, _, _ in chunk]
+        for k, g in enumerate(server.generate(ids, paths, params, emit if streaming else None)):
+            if chunk[k][0].on_text is None:
+                answer(k, g)
 
     def _score(self, server: Server, reqs: list[Request], tasks: Routes) -> dict[tuple[int, int, str], float]:
         rows = [
@@ -241,6 +295,17 @@ class Batcher:
             for (r, i, _, c), lp in zip(chunk, server.score(prompts, comps, paths), strict=True):
                 out[(id(r), i, c)] = lp
         return out
+
+
+def _route(r: Request, task: str, conf: float | None) -> dict[str, Any]:
+    """The part of an answer that says which task answered and how sure the routing was."""
+    threshold = r.served.router.threshold if r.min_confidence is None else r.min_confidence
+    return {
+        "task": task if r.served.needs_task_id else None,
+        "confidence": conf,
+        "low_confidence": conf is not None and conf < threshold,
+        "path": r.served.segments.get(task, []),
+    }
 
 
 class ServedCache:
@@ -301,13 +366,16 @@ def _fail(req: Request, exc: Exception) -> None:
     req.future.set_exception(exc)
 
 
-def check_inputs(settings: Settings, inputs: list[str]) -> None:
+def check_inputs(settings: Settings, inputs: Sequence[Prompt]) -> None:
+    """Inputs per request and characters per input (per message of a conversation) within the
+    settings; no input without text."""
     if len(inputs) > settings.max_predict_inputs:
         raise Invalid(f"at most {settings.max_predict_inputs} inputs per request", param="inputs")
-    for i, text in enumerate(inputs):
-        if not text.strip():
+    for i, prompt in enumerate(inputs):
+        texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+        if not any(t.strip() for t in texts):
             raise Invalid(f"inputs[{i}] must be a non-empty string", param="inputs")
-        if len(text) > settings.max_field_chars:
+        if any(len(t) > settings.max_field_chars for t in texts):
             raise Invalid(f"inputs[{i}] is longer than {settings.max_field_chars} characters", param="inputs")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from treelora_core.errors import ConfigError
-from treelora_core.serving import AdapterPool, GenParams, Server, factors_from_state
+from treelora_core.serving import AdapterPool, GenParams, Server, factors_from_state, held_back
 
 from .conftest import toy_task
 
@@ -57,7 +57,7 @@ def test_mixed_batch_equals_one_request_at_a_time_and_the_learner(trained, tiny_
             server.generate([p], [q], [GenParams(max_new_tokens=4)])[0] for p, q in zip(prompts, paths, strict=True)
         ]
     assert batched == alone
-    texts = [t for t, _ in batched]
+    texts = [g.text for g in batched]
     assert texts == trained.generate(
         [trained.tok.decode(p, skip_special_tokens=True) for p in prompts], paths, max_new_tokens=4
     )
@@ -93,8 +93,9 @@ def test_sampling_is_seeded_and_stop_strings_cut(trained, tiny_base) -> None:  #
         cut = server.generate(prompts[:1], paths[:1], [GenParams(max_new_tokens=6, stop=("pl",))])
         short = server.generate(prompts[:1], paths[:1], [GenParams(max_new_tokens=1)])
     assert a == b and a != c
-    assert all(n <= 6 for _, n in a)
-    assert cut[0][0] == " ap" and short[0][1] == 1
+    assert all(g.tokens <= 6 for g in a)
+    assert cut[0].text == " ap" and cut[0].finish_reason == "stop"
+    assert short[0].tokens == 1 and short[0].finish_reason == "length"
 
 
 def test_scoring_prefers_the_learned_answer(trained, tiny_base) -> None:  # type: ignore[no-untyped-def]
@@ -146,6 +147,46 @@ def test_tiny_temperatures_sample_the_greedy_answer_and_bad_parameters_are_refus
         with pytest.raises(ConfigError) as err:
             GenParams(**bad)  # type: ignore[arg-type]
         assert err.value.param == next(iter(bad))
+
+
+def test_streamed_pieces_add_up_to_the_answer_and_arrive_step_by_step(trained, tiny_base) -> None:  # type: ignore[no-untyped-def]
+    """`emit` hears each row's text as the steps finish; the pieces of a row add up to its answer
+    (cut at a stop string, which is never streamed), and the answers equal unstreamed ones."""
+    server, load = serve(trained, tiny_base)
+    prompts, paths = rows(trained, 1)
+    keys = {k for p in paths for names in p.values() for k in names}
+    params = [GenParams(max_new_tokens=6, ignore_eos=True), GenParams(max_new_tokens=6, stop=("br",)), GenParams(2)]
+    heard: list[tuple[int, str, object]] = []
+    with server.pool.holding(keys, load):
+        plain = server.generate(prompts, paths, params)
+        streamed = server.generate(prompts, paths, params, emit=lambda i, t, g: heard.append((i, t, g)))
+    assert streamed == plain
+    for i, answer in enumerate(plain):
+        mine = [(t, g) for j, t, g in heard if j == i]
+        assert "".join(t for t, _ in mine) == answer.text
+        assert [g for _, g in mine if g is not None] == [answer] and mine[-1][1] == answer  # the answer comes last
+    assert plain[1].text == " ze" and "b" not in "".join(t for j, t, _ in heard if j == 1)  # row 1: zebra
+    first = [k for k, (i, _, _) in enumerate(heard) if i == 0]
+    assert len(first) > 2  # row 0 streamed piece by piece, interleaved with the other rows
+    assert heard.index(next(h for h in heard if h[0] == 2 and h[2] is not None)) < first[-1]  # row 2 ended first
+
+
+@pytest.mark.parametrize(
+    ("text", "stop", "held"),
+    [
+        ("hello", (), 0),
+        ("hello wor", ("world",), 3),
+        ("hello w", ("world", "wx"), 1),
+        ("abc", ("bcd", "c"), 2),
+        ("caf\ufffd", (), 1),
+        ("a\ufffd\ufffd", ("zz",), 2),
+        ("", ("ab",), 0),
+    ],
+)
+def test_held_back_keeps_a_stop_strings_start_and_unfinished_characters(
+    text: str, stop: tuple[str, ...], held: int
+) -> None:
+    assert held_back(text, stop) == held
 
 
 def test_adapter_pool_budget_pins_and_lru(trained) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .data import Example
 from .errors import ConfigError
+from .types import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,16 @@ class Formatter:
             raise ConfigError("this tokenizer has no chat template", param="chat_template")
         self.tok, self.chat, self.max_length = tok, chat_template, max_length
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        if self.chat:
-            text = self.tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-            return list(self.tok(str(text), add_special_tokens=False)["input_ids"])
-        return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Plain text as it is (or as one user message with `chat_template`); a conversation is
+        always rendered with the chat template, ending with the assistant's turn."""
+        if isinstance(prompt, str) and not self.chat:
+            return list(self.tok(prompt, add_special_tokens=True)["input_ids"])
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if not self.tok.chat_template:
+            raise ConfigError("this tokenizer has no chat template", param="messages")
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tok(str(text), add_special_tokens=False)["input_ids"])
 
     def completion_ids(self, completion: str) -> list[int]:
         text = completion if self.chat else " " + completion.lstrip()
@@ -143,7 +147,7 @@ class Formatter:
         prompt = self.fit_prompt(self.prompt_ids(ex.prompt), self.max_length - len(comp))
         return Encoded(prompt + comp, [-100] * len(prompt) + comp, len(prompt))
 
-    def encode_prompt(self, prompt: str, reserve: int = 8) -> list[int]:
+    def encode_prompt(self, prompt: Prompt, reserve: int = 8) -> list[int]:
         """The prompt cut to `max_length - reserve` tokens (room for the answer); a reserve that
         leaves no room keeps half of `max_length` instead (never an empty prompt)."""
         budget = self.max_length - reserve

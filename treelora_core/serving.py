@@ -19,6 +19,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +53,21 @@ class GenParams:
             raise ConfigError("top_p must be in (0, 1]", param="top_p")
         if self.seed is not None and not 0 <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
             raise ConfigError("seed must be in [0, 2**64)", param="seed")
+
+
+class Generated(NamedTuple):
+    """One row's answer: its text, the tokens generated, and why it ended: "stop" (the end token or
+    a stop string) or "length" (`max_new_tokens`)."""
+
+    text: str
+    tokens: int
+    finish_reason: str
+
+
+# Hears row `i`'s new text after each decoding step, and its answer once the row has finished
+# (with the last piece of text): `emit(i, text, answer or None)`. The pieces add up to the
+# answer's text.
+Emit = Callable[[int, str, Generated | None], None]
 
 
 class AdapterPool:
@@ -184,10 +200,12 @@ class Server:
         return mean_pooled(self.model, prompts, self.tok.pad_token_id, self.device)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], paths: list[Path], params: list[GenParams]) -> list[tuple[str, int]]:
-        """(text, generated tokens) per row; each row follows its own path and parameters."""
+    def generate(
+        self, prompts: list[list[int]], paths: list[Path], params: list[GenParams], emit: Emit | None = None
+    ) -> list[Generated]:
+        """An answer per row; each row follows its own path and parameters (`emit`: see `Emit`)."""
         with self.rows(paths):
-            return decode(self.model, self.tok, prompts, params)
+            return decode_rows(self.model, self.tok, prompts, params, emit)
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], completions: list[list[int]], paths: list[Path]) -> list[float]:
@@ -226,23 +244,36 @@ def _pick(logits: torch.Tensor, params: list[GenParams], gens: list[torch.Genera
     return out
 
 
+def held_back(text: str, stop: tuple[str, ...]) -> int:
+    """Characters at the end of `text` not to stream yet: a character still being decoded (a token
+    that ends inside a UTF-8 sequence decodes to U+FFFD) or what may be the start of a stop
+    string (streamed text is never taken back)."""
+    n = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        n = max(n, next((k for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), 0))
+    return n
+
+
 @torch.no_grad()
-def decode(
+def decode_rows(
     model: torch.nn.Module,
     tok: PreTrainedTokenizerBase,
     prompts: list[list[int]],
     params: list[GenParams],
+    emit: Emit | None = None,
     **forward_kw: object,
-) -> list[tuple[str, int]]:
-    """Batched decoding with a KV cache, left padding and per-row parameters: (text, generated
-    tokens) per row. `forward_kw` goes to every forward call (PEFT's `adapter_names`, say)."""
+) -> list[Generated]:
+    """Batched decoding with a KV cache, left padding and per-row parameters; `emit` streams each
+    row's text as the steps finish. `forward_kw` goes to every forward call (PEFT's
+    `adapter_names`, say)."""
     device = next(model.parameters()).device
     n = len(prompts)
     ids, mask = left_pad(prompts, tok.pad_token_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     gens = [torch.Generator().manual_seed(p.seed) if p.do_sample and p.seed is not None else None for p in params]
     outs: list[list[int]] = [[] for _ in range(n)]
-    texts: list[str | None] = [None] * n
+    done: list[Generated | None] = [None] * n
+    sent = [0] * n  # characters of each row's text streamed so far
     limit = max(p.max_new_tokens for p in params)
 
     def text(ids: list[int]) -> str:
@@ -252,20 +283,28 @@ def decode(
     for step in range(limit):
         nxt = _pick(res.logits[:, -1], params, gens)
         for i in range(n):
-            if texts[i] is not None:
+            if done[i] is not None:
                 continue
-            t = int(nxt[i])
-            if t == tok.eos_token_id and not params[i].ignore_eos:
-                texts[i] = text(outs[i])
-                continue
-            outs[i].append(t)
-            so_far = text(outs[i]) if params[i].stop else ""
-            hit = [so_far.index(s) for s in params[i].stop if s in so_far]
-            if hit:
-                texts[i] = so_far[: min(hit)]
-            elif len(outs[i]) >= params[i].max_new_tokens:
-                texts[i] = so_far or text(outs[i])
-        if all(t is not None for t in texts) or step == limit - 1:
+            t, p = int(nxt[i]), params[i]
+            so_far = ""
+            if t == tok.eos_token_id and not p.ignore_eos:
+                done[i] = Generated(text(outs[i]), len(outs[i]), "stop")
+            else:
+                outs[i].append(t)
+                so_far = text(outs[i]) if p.stop or emit is not None else ""
+                hit = [so_far.index(s) for s in p.stop if s in so_far]
+                if hit:
+                    done[i] = Generated(so_far[: min(hit)], len(outs[i]), "stop")
+                elif len(outs[i]) >= p.max_new_tokens:
+                    done[i] = Generated(so_far or text(outs[i]), len(outs[i]), "length")
+            if emit is not None:
+                answer = done[i]
+                if answer is not None:
+                    emit(i, answer.text[sent[i] :], answer)
+                elif (upto := len(so_far) - held_back(so_far, p.stop)) > sent[i]:
+                    emit(i, so_far[sent[i] : upto], None)
+                    sent[i] = upto
+        if all(d is not None for d in done) or step == limit - 1:
             break
         mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
         pos = pos[:, -1:] + 1
@@ -277,4 +316,15 @@ def decode(
             use_cache=True,
             **forward_kw,
         )
-    return [(t if t is not None else text(o), len(o)) for t, o in zip(texts, outs, strict=True)]
+    return [d if d is not None else Generated(text(o), len(o), "length") for d, o in zip(done, outs, strict=True)]
+
+
+def decode(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    params: list[GenParams],
+    **forward_kw: object,
+) -> list[tuple[str, int]]:
+    """(text, generated tokens) per row of `decode_rows`: what the baselines compare."""
+    return [(g.text, g.tokens) for g in decode_rows(model, tok, prompts, params, None, **forward_kw)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from ..auth import CallerDep
 from ..deps import InferenceDep, SessionDep, SettingsDep
@@ -13,6 +13,7 @@ from ..schemas import AdapterOut, PredictIn, PredictOut, ScoreIn, ScoreOut, erro
 from ..services import lifecycle, streams, trees
 from ..services.owners import Caller
 from ..services.tasks import get_learned_task
+from ..streaming import SSE_HEADERS, predict_events
 
 router = APIRouter(prefix="/v1/streams/{stream_id}", tags=["tree"], responses=errors(401))
 Version = Annotated[int | None, Query(ge=0, description="a tree version (default: the latest)")]
@@ -100,12 +101,17 @@ def _resolve(session: SessionDep, caller: Caller, stream_id: str, task: str) -> 
     return stream, task, retired
 
 
-@router.post("/predict", response_model=PredictOut)
-def predict(
-    stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep, caller: CallerDep
-) -> dict[str, Any]:
+@router.post(
+    "/predict",
+    response_model=PredictOut,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "with stream: true (docs/service.md)"}},
+)
+def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep, caller: CallerDep) -> Any:
     stream, task, retired = _resolve(session, caller, stream_id, body.task)
-    gen = body.model_dump(exclude={"inputs", "task", "stop"})
+    gen = body.model_dump(exclude={"inputs", "task", "stop", "stream"})
+    if body.stream:
+        version, tokens = inference.predict_stream(stream, task, body.inputs, retired, stop=tuple(body.stop), **gen)
+        return StreamingResponse(predict_events(version, tokens), media_type="text/event-stream", headers=SSE_HEADERS)
     return inference.predict(stream, task, body.inputs, stop=tuple(body.stop), retired=retired, **gen)
 
 
