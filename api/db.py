@@ -7,6 +7,8 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -33,3 +35,12 @@ def _factory(url: str) -> sessionmaker[Session]:
 
 def session_factory(url: str) -> sessionmaker[Session]:
     return _factory(url)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or used for a moment (down, restarting, a dropped
+    connection, a full pool, a lock timeout), as opposed to a query that is wrong: the API answers
+    503 and the worker tries its write again."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated

@@ -12,10 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import Authenticate, declare_auth
 from .body_limit import BodyLimit
+from .db import database_unavailable
 from .errors import ServiceError, wire_error
 from .inference import Inference, widen_threadpool
 from .live import LiveEvents
@@ -112,6 +114,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return _error(request, 500, "internal", "internal error; it has been logged")
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        if not database_unavailable(exc):
+            return await internal_error(request, exc)
+        log.warning("database unavailable: %s", exc)  # a restart or an outage, not a bug: no traceback
+        message = "the database is unavailable; try again shortly"
+        return _error(request, 503, "database_unavailable", message, headers={"Retry-After": "5"})
 
     # request bodies counted as they arrive (Content-Length or chunked): 413 past the route's limit
     app.add_middleware(BodyLimit, settings=settings)

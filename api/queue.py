@@ -26,6 +26,9 @@ def _celery(broker: str, broker_folder: str) -> Celery:
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
+        # a broker restart does not stop a training job: its state is in the database, and its
+        # message is not needed once the job is claimed (Celery 6 will default this to True)
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
     }
     if broker.startswith("filesystem"):

@@ -3,8 +3,10 @@
 Keys are content addresses (`sha256/ab/abcdef...`): a blob is written before any row points at
 it and its bytes never change, so a reader never sees half a blob and a retried job rewrites
 nothing. Every read checks the bytes against the address: a missing blob raises `BlobNotFound`,
-one whose bytes changed on disk or in the bucket raises `BlobCorrupt` (both `BlobError`s, which
-the API answers with 503 and the worker records as the job's error code). A put of a blob that
+one whose bytes changed on disk or in the bucket raises `BlobCorrupt`; a store that refuses a
+write or a read (down, access denied, disk full) raises `BlobWriteFailed` or `BlobReadFailed`.
+All are `BlobError`s, which the API answers with 503 and the worker records as the job's error
+code. A put of a blob that
 exists refreshes its modification time, the clock the garbage collector's grace period reads
 (`api.services.blobs`), so a blob an upload is about to reference is never collected under it.
 """
@@ -48,6 +50,24 @@ class BlobCorrupt(BlobError):
 
     def __init__(self, sha: str, actual: str) -> None:
         super().__init__(sha, f"is corrupt in the object store: its bytes hash to {actual}")
+
+
+class BlobWriteFailed(BlobError):
+    code = "blob_write_failed"
+
+    def __init__(self, sha: str, cause: Exception) -> None:
+        super().__init__(sha, f"could not be written: the object store refused it ({_reason(cause)})")
+
+
+class BlobReadFailed(BlobError):
+    code = "blob_read_failed"
+
+    def __init__(self, sha: str, cause: Exception) -> None:
+        super().__init__(sha, f"could not be read: the object store failed ({_reason(cause)})")
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 @dataclass(frozen=True)
@@ -110,12 +130,15 @@ class LocalStore:
         sha = hashlib.sha256(data).hexdigest()
         path = self._path(sha)
         try:
-            os.utime(path)  # it exists: a reference is on its way, so it is young again
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # atomic: readers see all of the blob or none of it
+            try:
+                os.utime(path)  # it exists: a reference is on its way, so it is young again
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)  # atomic: readers see all of the blob or none of it
+        except OSError as exc:  # a full disk, a folder we may not write
+            raise BlobWriteFailed(sha, exc) from exc
         return sha
 
     def get(self, sha: str) -> bytes:
@@ -185,33 +208,38 @@ class S3Store:
             self.client.create_bucket(Bucket=self.bucket)
 
     def put(self, data: bytes) -> str:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         sha = hashlib.sha256(data).hexdigest()
         key = self._key(sha)
-        try:  # it exists: copy it onto itself, which makes it young again (one request, no upload)
-            self.client.copy_object(
-                Bucket=self.bucket,
-                Key=key,
-                CopySource={"Bucket": self.bucket, "Key": key},
-                MetadataDirective="REPLACE",
-                Metadata={"touched": datetime.now(UTC).isoformat()},
-            )
-        except ClientError as exc:
-            if not _missing(exc):
-                raise
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        try:
+            try:  # it exists: copy it onto itself, which makes it young again (one request, no upload)
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    CopySource={"Bucket": self.bucket, "Key": key},
+                    MetadataDirective="REPLACE",
+                    Metadata={"touched": datetime.now(UTC).isoformat()},
+                )
+            except ClientError as exc:
+                if not _missing(exc):
+                    raise
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        except (ClientError, BotoCoreError) as exc:  # refused (access denied) or unreachable, after retries
+            raise BlobWriteFailed(sha, exc) from exc
         return sha
 
     def get(self, sha: str) -> bytes:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(sha))["Body"].read()
         except ClientError as exc:
             if _missing(exc):
                 raise BlobNotFound(sha) from None
-            raise
+            raise BlobReadFailed(sha, exc) from exc
+        except BotoCoreError as exc:
+            raise BlobReadFailed(sha, exc) from exc
         return _verified(sha, bytes(body))
 
     def exists(self, sha: str) -> bool:

@@ -40,13 +40,21 @@ def train(self: Task, job_id: str) -> str:
 
 
 def sweep_once() -> list[str]:
+    """Send the jobs `runs.sweep` picks; those the broker refuses (it is down) stay marked
+    unsent, so the first sweep after it is back sends them."""
+    sent, refused = [], []
     with session_factory(settings.db_url)() as session:
-        ids = runs.sweep(session=session, settings=settings)
-    for job_id in ids:
-        enqueue(settings, job_id)
-    if ids:
-        log.info("sent again: %s", ", ".join(ids))
-    return ids
+        for job_id in runs.sweep(session=session, settings=settings):
+            try:
+                enqueue(settings, job_id)
+                sent.append(job_id)
+            except Exception as exc:
+                refused.append(job_id)
+                log.warning("could not send %s (%s); the next sweep tries again", job_id, exc)
+        runs.unsent(session=session, job_ids=refused)
+    if sent:
+        log.info("sent again: %s", ", ".join(sent))
+    return sent
 
 
 def _sweeper() -> None:

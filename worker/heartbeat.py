@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from api.db import database_unavailable
 from api.enums import JobState, Phase
 from api.services import runs
 
@@ -118,8 +119,11 @@ class Heartbeat:
                 )
             self.cancel = self.cancel or cancel
             self.lost = self.lost or not ours
-        except Exception:  # a database blip: keep training, the lease has slack for a few misses
-            log.exception("heartbeat of %s failed", self.job.job_id)
+        except Exception as exc:  # a database blip: keep training, the lease has slack for a few misses
+            if database_unavailable(exc):  # an outage: one line a beat, not a traceback
+                log.warning("heartbeat of %s failed: the database is unavailable (%s)", self.job.job_id, exc)
+            else:
+                log.exception("heartbeat of %s failed", self.job.job_id)
 
     def _run(self) -> None:
         while not self._stop.wait(self.job.settings.heartbeat_s):

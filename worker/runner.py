@@ -15,8 +15,9 @@ import time
 import uuid
 
 import torch
+from sqlalchemy.orm import Session
 
-from api.db import session_factory
+from api.db import database_unavailable, session_factory
 from api.enums import JobState, Outcome, Phase
 from api.errors import Conflict
 from api.learners import load_learner, load_task
@@ -65,14 +66,18 @@ def run_job(job_id: str, settings: Settings, store: BlobStore | None = None) -> 
         _train(job, hb, store or make_store(settings))
     except Cancelled:
         if not hb.timed_out:  # past its time limit, the heartbeat has already failed the job
-            with job.session() as session:
-                runs.cancelled(session=session, job_id=job_id, owner=owner)
+            job.in_session(lambda session: runs.cancelled(session=session, job_id=job_id, owner=owner))
     except Conflict as exc:  # lost the lease: the worker that took over publishes the result
         log.warning("job %s: %s", job_id, exc.message)
     except Exception as exc:
+        if database_unavailable(exc):  # for a whole lease: nothing can be written now
+            log.error("job %s: the database stayed unavailable; it is re-queued when its lease ends", job_id)
+            return Outcome.DONE
         log.exception("job %s failed", job_id)
-        with job.session() as session:
-            runs.fail(session=session, job_id=job_id, owner=owner, code=error_code(exc), message=str(exc) or repr(exc))
+        code, message = error_code(exc), str(exc) or repr(exc)
+        job.in_session(
+            lambda session: runs.fail(session=session, job_id=job_id, owner=owner, code=code, message=message)
+        )
     finally:
         hb.stop()
         gc.collect()  # the job's model copy sits in reference cycles: free it before the next job
@@ -80,8 +85,7 @@ def run_job(job_id: str, settings: Settings, store: BlobStore | None = None) -> 
 
 
 def _train(job: ClaimedJob, hb: Heartbeat, store: BlobStore) -> None:
-    with job.session() as session:
-        inp = training.job_input(session=session, job_id=job.job_id)
+    inp = job.in_session(lambda session: training.job_input(session=session, job_id=job.job_id))
     if hb.should_stop():
         raise Cancelled("cancelled before training")
     learner = load_learner(settings=job.settings, store=store, stream=inp.stream, version=inp.version)
@@ -103,7 +107,8 @@ def _train(job: ClaimedJob, hb: Heartbeat, store: BlobStore) -> None:
         adapters.append(NewAdapter(node, blocks[0], blocks[-1] + 1, sha, len(blobs[sha]), created_by.get(node)))
     paths = {t: views.path_segments(learner, t if learner.strategy.needs_task_id else None) for t in learner.task_names}
     hb.flush()
-    with job.session() as session:
+
+    def commit(session: Session) -> int:
         rows = training.adapter_rows(
             session=session,
             job_id=job.job_id,
@@ -111,7 +116,7 @@ def _train(job: ClaimedJob, hb: Heartbeat, store: BlobStore) -> None:
             base_version=inp.base_version,
             adapters=adapters,
         )
-        runs.commit_version(
+        return runs.commit_version(
             session=session,
             job_id=job.job_id,
             owner=job.owner,
@@ -125,6 +130,8 @@ def _train(job: ClaimedJob, hb: Heartbeat, store: BlobStore) -> None:
             eval_seconds=eval_seconds,
             report=report,
         )
+
+    job.in_session(commit)
 
 
 def _evaluate(

@@ -292,3 +292,11 @@ def sweep(*, session: Session, settings: Settings) -> list[str]:
         job.enqueued_at = t
     session.commit()
     return ids + [j.id for j in jobs]
+
+
+def unsent(*, session: Session, job_ids: list[str]) -> None:
+    """The broker refused these jobs (`sweep` had marked them sent): mark the queued ones never
+    sent, so the next sweep tries them again rather than after `requeue_after_s`."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids), Job.state == JobState.QUEUED).values(enqueued_at=None))
+        session.commit()

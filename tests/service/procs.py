@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -235,19 +236,21 @@ def pg_bindir() -> Path:
 
 
 class PostgresServer:
-    """A PostgreSQL server of the test's own (initdb in `root`, one port), as scripts/services
-    starts one: `stop()` and `start()` keep its data, so it comes back as it was."""
+    """A PostgreSQL server of the test's own (initdb in a new temporary folder, one port), as
+    scripts/services starts one: `stop()` and `start()` keep its data, so it comes back as it
+    was; `close()` stops it and removes the folder. The folder is not under pytest's, whose
+    private parents the `postgres` user could not enter."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.bin = root, free_port(), pg_bindir()
-        self.data, self.log = root / "data", root / "pg.log"
-        root.mkdir(parents=True, exist_ok=True)
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="treelora-pg-"))
+        self.port, self.bin = free_port(), pg_bindir()
+        self.data, self.log = self.root / "data", self.root / "pg.log"
         if os.geteuid() == 0:
-            shutil.chown(root, "postgres")
+            shutil.chown(self.root, "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "treelora", "--no-sync", "--encoding=UTF8")
         with (self.data / "postgresql.conf").open("a") as f:
             f.write(
-                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{root}'\n"
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             )
         self.start()
@@ -269,6 +272,7 @@ class PostgresServer:
     def close(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class RedisServer:

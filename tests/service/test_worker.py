@@ -1,28 +1,21 @@
 """The job lifecycle on real PostgreSQL and S3, with `run_job` called in-process on a tiny random
 Llama (the end-to-end test runs SmolLM2 in a real Celery worker): commit, ordering, cancel,
-failure, the time limit, few event rows, and a lost worker's job taken over exactly once, in
-process and with a real Celery worker killed mid-training."""
+failure, the time limit, few event rows, and a lost worker's job taken over exactly once (a real
+Celery worker killed mid-training is in test_faults.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from api.db import session_factory
 from api.errors import Conflict
-from api.main import create_app
 from api.models import Job, JobEvent, Stream, TreeVersion, now
 from api.services import runs
 from api.settings import Settings
@@ -30,9 +23,6 @@ from worker.heartbeat import EPOCH_EVENT_S
 from worker.runner import run_job
 
 from .conftest import ROWS, make_stream, submit
-from .procs import Proc, settings_env
-
-T = TypeVar("T")
 
 
 def stream_row(settings: Settings, name: str = "s") -> Stream:
@@ -45,28 +35,6 @@ def stream_row(settings: Settings, name: str = "s") -> Stream:
 def events(settings: Settings, job_id: str) -> list[JobEvent]:
     with session_factory(settings.db_url)() as s:
         return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
-
-
-def job_row(settings: Settings, job_id: str) -> Job:
-    with session_factory(settings.db_url)() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job
-
-
-def celery_ready(worker: Proc) -> bool | None:
-    if worker.p.poll() is not None:
-        raise RuntimeError(f"the worker exited:\n{worker.tail()}")
-    return True if " ready." in worker.tail() else None
-
-
-def wait_for(what: Callable[[], T | None], timeout: float, why: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (got := what()) is not None:
-            return got
-        time.sleep(0.1)
-    raise TimeoutError(why)
 
 
 def test_jobs_commit_versions_in_order_and_rerun_is_a_no_op(wclient: TestClient, wsettings: Settings) -> None:
@@ -237,67 +205,3 @@ def test_event_rows_are_throttled_and_progress_stays_live(wclient: TestClient, w
     types = [e.type for e in rows]
     assert types[:2] == ["job.queued", "job.started"] and types[-1] == "job.succeeded"
     assert len(rows) <= 10 + took / EPOCH_EVENT_S
-
-
-def test_a_killed_celery_worker_is_reported_within_its_lease_and_its_job_done_once(
-    wsettings: Settings, redis_url: str, tmp_path: Path
-) -> None:
-    """Two real Celery workers; the one training the job is SIGKILLed mid-training. The other's
-    sweeper reports `job.worker_lost` once the lease runs out and sends the job again; it runs
-    from the stream's last committed version and commits exactly once. The lease is short for a
-    test but covers a worker's first model load on a loaded machine (native code that holds the
-    GIL can delay a beat by seconds there)."""
-    settings = wsettings.model_copy(
-        update={"broker_url": redis_url.rsplit("/", 1)[0] + "/3", "lease_s": 20.0, "heartbeat_s": 0.5}
-    )
-    redis.Redis.from_url(settings.broker_url).flushdb()
-    args = ["-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "-c", "1", "--loglevel", "INFO"]
-    workers = [Proc([*args, "-n", f"w{i}@%h"], settings_env(settings), tmp_path / f"worker{i}.log") for i in range(2)]
-    try:
-        for w in workers:  # seconds on an idle machine, minutes on a loaded one
-            wait_for(partial(celery_ready, w), 600, "worker not ready")
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            make_stream(client, epochs=30, patience=0, batch_size=8)  # 90 steps
-            job_id = submit(client, "long")["id"]
-
-        def training() -> Job | None:
-            job = job_row(settings, job_id)
-            return job if job.state == "running" and job.progress.get("phase") in ("train", "validate") else None
-
-        running = wait_for(training, 600, "the job never started training")
-        assert running.lease_owner is not None
-        pid = int(running.lease_owner.split(":")[-2])
-        victim, survivor = sorted(workers, key=lambda w: w.p.pid != pid)
-        assert victim.p.pid == pid
-        os.kill(pid, signal.SIGKILL)
-        killed, killed_at = time.monotonic(), now()
-
-        def lost_event() -> JobEvent | None:
-            lost = (e for e in events(settings, job_id) if e.type == "job.worker_lost")
-            return next((e for e in lost if e.data["attempt"] == running.attempt), None)
-
-        lost = wait_for(lost_event, 120, f"no worker_lost event:\n{survivor.tail()}")
-        lost_after = time.monotonic() - killed
-        sweep_s = settings.lease_s / 4  # worker.app.SWEEP_S for this lease
-        # not before the lease ran out, and at most one sweep after (2 s for a busy machine)
-        timeline = [(e.type, e.created_at.isoformat(), e.data) for e in events(settings, job_id)]
-        why = f"lost {lost_after:.2f} s after the kill at {killed_at.isoformat()}: {timeline}"
-        assert settings.lease_s - settings.heartbeat_s - 1 <= lost_after <= settings.lease_s + sweep_s + 2, why
-        assert lost.data["attempt"] == running.attempt == 1 and lost.data["worker"] == running.lease_owner, why
-        done = wait_for(
-            lambda: j if (j := job_row(settings, job_id)).state in ("succeeded", "failed") else None,
-            600,
-            f"the job did not finish:\n{survivor.tail()}",
-        )
-    finally:
-        for w in workers:
-            w.stop()
-    assert done.state == "succeeded" and done.attempt == 2 and done.result_version == 1
-    types = [e.type for e in events(settings, job_id)]
-    assert types.count("job.worker_lost") == 1 and types.count("job.started") == 2
-    assert types.count("job.succeeded") == 1 and "job.failed" not in types
-    started = [e.data["worker"] for e in events(settings, job_id) if e.type == "job.started"]
-    assert int(started[1].split(":")[-2]) == survivor.p.pid
-    with session_factory(settings.db_url)() as s:
-        assert [v.version for v in s.scalars(select(TreeVersion))] == [1]
-    assert stream_row(settings).tree_version == 1 and stream_row(settings).active_job_id is None
