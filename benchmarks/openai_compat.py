@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--state", type=Path, default=ROOT / "runs" / "openai-compat", help="reused between runs")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "openai-compat.json")
     ap.add_argument("--port", type=int, default=8192)
+    ap.add_argument("--url", help="measure a running service whose stream has learned some of the tasks")
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15, help="time-to-first-token rounds")
     ap.add_argument("--phases", type=int, default=3, help="throughput phases per route")
@@ -103,12 +104,20 @@ def main(argv: list[str] | None = None) -> None:
         n_tasks=args.tasks, n_train=16, n_test=8, seed=7, classes=wordnet_label_sets(args.tasks, seed=7)
     )
     args.state.mkdir(parents=True, exist_ok=True)
-    base = f"http://127.0.0.1:{args.port}"
+    base = args.url or f"http://127.0.0.1:{args.port}"
     env = {"TREELORA_DATA_DIR": str(args.state / "var"), "TREELORA_MAX_EVAL_EXAMPLES": "4"}
-    service = start(["-m", "api.serve", "--port", str(args.port)], env, args.state / "service.log", f"{base}/readyz")
-    work = [(t.name, e.prompt) for t in tasks for e in t.test]
+    service = None
+    if args.url is None:
+        service = start(
+            ["-m", "api.serve", "--port", str(args.port)], env, args.state / "service.log", f"{base}/readyz"
+        )
     try:
-        teach(base, tasks)
+        if service is not None:
+            teach(base, tasks)
+        learned = httpx.get(f"{base}/v1/models", timeout=60).json()["data"]
+        names = {m["treelora"]["task"] for m in learned if m["treelora"]["stream"] and m["id"].startswith(STREAM)}
+        tasks = [t for t in tasks if t.name in names]
+        work = [(t.name, e.prompt) for t in tasks for e in t.test]
         with httpx.Client(base_url=base, timeout=600) as c:
             ttft_round(c, *work[0], max_tokens=args.max_tokens)  # warm up: adapters loaded, model touched
             rounds = [ttft_round(c, *work[k % len(work)], max_tokens=args.max_tokens) for k in range(args.rounds)]
@@ -136,12 +145,14 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(f"throughput: {json.dumps({k: v for k, v in throughput.items() if k != 'phases'})}")
     finally:
-        stop(service)
+        if service is not None:
+            stop(service)
     out = {
         "model": "SmolLM2-135M-Instruct",
         "device": "cpu",
         "cpu_count": os.cpu_count(),
-        "setup": {k: v for k, v in vars(args).items() if k not in ("state", "out")},
+        "setup": {k: v for k, v in vars(args).items() if k not in ("state", "out", "url")}
+        | {"tasks_served": len(tasks)},
         "time_to_first_token": ttft,
         "throughput": throughput,
     }
