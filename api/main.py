@@ -14,6 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from .auth import Authenticate, declare_auth
 from .body_limit import BodyLimit
@@ -43,6 +45,16 @@ def _error(
     """The error in the shape the route speaks (`errors.wire_error`: OpenAI's on its routes)."""
     body = wire_error(request.url.path, status, code, message, param=param, line=line)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """The methods the routes of this path take (each method is a route of its own)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        for r in getattr(getattr(route, "original_router", None), "routes", [route]):
+            if getattr(r, "methods", None) and r.matches(scope)[0] != Match.NONE:
+                methods |= r.methods
+    return ", ".join(sorted(methods))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -106,7 +118,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # keeps the exception's headers: a 405's Allow
+        # keeps the exception's headers (a 405's Allow, with every method the path takes)
+        if exc.status_code == 400:
+            # only body parsing raises these (FastAPI, Starlette's multipart parser): a broken form
+            # is 422, as a JSON syntax error is
+            why = exc.__cause__ or exc.detail
+            return _error(request, 422, "invalid", f"the request body could not be parsed: {why}")
+        if exc.status_code == 405:
+            exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(app, request.scope)}
         code = HTTP_CODES.get(exc.status_code, "http_error")
         return _error(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
 from ..db import session_factory
@@ -57,7 +58,16 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    status: str = Field(description="ok, or unavailable (503) when a check failed")
+    checks: dict[str, str] = Field(description="database, object_store, broker: ok or the error's type")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "a dependency is down (its check says which)"}},
+)
 def readyz(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     checks: dict[str, str] = {}

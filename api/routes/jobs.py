@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..auth import CallerDep
 from ..deps import SessionDep
 from ..live import LiveEvents
+from ..params import Cursor, EventCursor, JobId, LastEventId, Limit, StateFilter, StreamFilter
 from ..schemas import EventOut, JobOut, Page, errors
 from ..services import jobs
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401))
-Limit = Annotated[int, Query(ge=1, le=100)]
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422, 503))
 
 
-@router.get("", response_model=Page[JobOut])
+@router.get("", response_model=Page[JobOut], responses=errors(404))
 def list_jobs(
     session: SessionDep,
     caller: CallerDep,
-    stream_id: str | None = None,
-    state: str | None = None,
-    after: str | None = None,
+    stream_id: StreamFilter = None,
+    state: StateFilter = None,
+    after: Cursor = None,
     limit: Limit = 20,
 ) -> Page[JobOut]:
     rows, more = jobs.list_jobs(
@@ -32,29 +30,32 @@ def list_jobs(
     return Page(data=[JobOut.of(r) for r in rows], has_more=more)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+@router.get("/{job_id}", response_model=JobOut, responses=errors(404))
+def get_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobOut:
     return JobOut.of(jobs.get_job(session=session, job_id=job_id, caller=caller))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
+def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobOut:
     return JobOut.of(jobs.cancel_job(session=session, caller=caller, job_id=job_id))
 
 
 @router.get(
     "/{job_id}/events",
     response_model=Page[EventOut],
-    responses={200: {"content": {"text/event-stream": {}}, "description": "with Accept: text/event-stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "with Accept: text/event-stream"},
+        **errors(404),
+    },
 )
 def list_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     session: SessionDep,
     caller: CallerDep,
-    after: int | None = None,
+    after: EventCursor = None,
     limit: Limit = 100,
-    last_event_id: Annotated[int | None, Header()] = None,
+    last_event_id: LastEventId = None,
 ) -> Page[EventOut] | StreamingResponse:
     if "text/event-stream" in request.headers.get("accept", ""):
         jobs.get_job(session=session, job_id=job_id, caller=caller)  # 404 before the stream starts

@@ -17,6 +17,7 @@ from ..auth import PageCallerDep
 from ..deps import SessionDep, SettingsDep
 from ..enums import TERMINAL
 from ..errors import NotFound
+from ..params import StreamRef
 from ..services import overview, streams, trees
 from ..web import views
 
@@ -49,7 +50,7 @@ def index(request: Request, session: SessionDep, settings: SettingsDep, caller: 
 
 
 @router.get("/streams/{stream_id}", response_class=HTMLResponse)
-def stream_page(stream_id: str, request: Request, session: SessionDep, caller: PageCallerDep) -> HTMLResponse:
+def stream_page(stream_id: StreamRef, request: Request, session: SessionDep, caller: PageCallerDep) -> HTMLResponse:
     if caller is None:
         return _locked(request)
     try:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 
 from .. import learners
 from ..auth import CallerDep
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..errors import TooLarge
+from ..params import Cursor, Limit, StreamRef, TaskRef
 from ..schemas import JobOut, Page, StreamCreate, StreamDeletedOut, StreamOut, TaskOut, TaskSubmitted, errors
 from ..services import lifecycle, streams, tasks
 from ..services.common import NAME_PATTERN
 
-router = APIRouter(prefix="/v1/streams", tags=["streams"], responses=errors(401))
-Limit = Annotated[int, Query(ge=1, le=100)]
+router = APIRouter(prefix="/v1/streams", tags=["streams"], responses=errors(401, 422, 503))
 
 
-@router.post("", status_code=201, response_model=StreamOut)
+@router.post("", status_code=201, response_model=StreamOut, responses=errors(409, 413))
 def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> StreamOut:
     sections = {"lora", "train", "tree", "paper", "ewc", "o_lora", "lora_top"}
     # the fields the client set; the engine fills in its defaults
@@ -37,21 +37,19 @@ def create_stream(body: StreamCreate, session: SessionDep, settings: SettingsDep
 
 
 @router.get("", response_model=Page[StreamOut])
-def list_streams(
-    session: SessionDep, caller: CallerDep, after: str | None = None, limit: Limit = 20
-) -> Page[StreamOut]:
+def list_streams(session: SessionDep, caller: CallerDep, after: Cursor = None, limit: Limit = 20) -> Page[StreamOut]:
     rows, more = streams.list_streams(session=session, caller=caller, after=after, limit=limit)
     return Page(data=[StreamOut.model_validate(r) for r in rows], has_more=more)
 
 
-@router.get("/{stream_id}", response_model=StreamOut)
-def get_stream(stream_id: str, session: SessionDep, caller: CallerDep) -> StreamOut:
+@router.get("/{stream_id}", response_model=StreamOut, responses=errors(404))
+def get_stream(stream_id: StreamRef, session: SessionDep, caller: CallerDep) -> StreamOut:
     return StreamOut.model_validate(streams.get_stream(session=session, stream_id=stream_id, caller=caller))
 
 
-@router.delete("/{stream_id}", response_model=StreamDeletedOut)
+@router.delete("/{stream_id}", response_model=StreamDeletedOut, responses=errors(404, 409))
 def delete_stream(
-    stream_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, caller: CallerDep
+    stream_id: StreamRef, session: SessionDep, settings: SettingsDep, store: StoreDep, caller: CallerDep
 ) -> StreamDeletedOut:
     """The stream's rows, then the blobs no other stream names (409 while a job is unfinished)."""
     out = lifecycle.delete_stream(
@@ -67,9 +65,9 @@ def _read(upload: UploadFile, limit: int, param: str) -> bytes:
     return data
 
 
-@router.post("/{stream_id}/tasks", status_code=202, response_model=TaskSubmitted)
+@router.post("/{stream_id}/tasks", status_code=202, response_model=TaskSubmitted, responses=errors(404, 409, 413))
 def submit_task(
-    stream_id: str,
+    stream_id: StreamRef,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
@@ -97,28 +95,28 @@ def submit_task(
     return TaskSubmitted(task=TaskOut.model_validate(task), job=JobOut.of(job))
 
 
-@router.get("/{stream_id}/tasks", response_model=Page[TaskOut])
+@router.get("/{stream_id}/tasks", response_model=Page[TaskOut], responses=errors(404))
 def list_tasks(
-    stream_id: str, session: SessionDep, caller: CallerDep, after: str | None = None, limit: Limit = 20
+    stream_id: StreamRef, session: SessionDep, caller: CallerDep, after: Cursor = None, limit: Limit = 20
 ) -> Page[TaskOut]:
     rows, more = tasks.list_tasks(session=session, caller=caller, stream_id=stream_id, after=after, limit=limit)
     return Page(data=[TaskOut.model_validate(r) for r in rows], has_more=more)
 
 
-@router.get("/{stream_id}/tasks/{task_id}", response_model=TaskOut)
-def get_task(stream_id: str, task_id: str, session: SessionDep, caller: CallerDep) -> TaskOut:
+@router.get("/{stream_id}/tasks/{task_id}", response_model=TaskOut, responses=errors(404))
+def get_task(stream_id: StreamRef, task_id: TaskRef, session: SessionDep, caller: CallerDep) -> TaskOut:
     return TaskOut.model_validate(tasks.get_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id))
 
 
-@router.post("/{stream_id}/tasks/{task_id}/retire", response_model=TaskOut)
-def retire_task(stream_id: str, task_id: str, session: SessionDep, caller: CallerDep) -> TaskOut:
+@router.post("/{stream_id}/tasks/{task_id}/retire", response_model=TaskOut, responses=errors(404, 409))
+def retire_task(stream_id: StreamRef, task_id: TaskRef, session: SessionDep, caller: CallerDep) -> TaskOut:
     """Stop serving a learned task (predict by id: 410; auto routing skips it); it stays in the tree and R."""
     task = lifecycle.retire_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     return TaskOut.model_validate(task)
 
 
-@router.post("/{stream_id}/tasks/{task_id}/unretire", response_model=TaskOut)
-def unretire_task(stream_id: str, task_id: str, session: SessionDep, caller: CallerDep) -> TaskOut:
+@router.post("/{stream_id}/tasks/{task_id}/unretire", response_model=TaskOut, responses=errors(404))
+def unretire_task(stream_id: StreamRef, task_id: TaskRef, session: SessionDep, caller: CallerDep) -> TaskOut:
     """Serve a retired task again."""
     task = lifecycle.unretire_task(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     return TaskOut.model_validate(task)

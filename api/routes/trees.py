@@ -9,24 +9,24 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..auth import CallerDep
 from ..deps import InferenceDep, SessionDep, SettingsDep
+from ..params import StreamRef, TaskRef, Version
 from ..schemas import AdapterOut, PredictIn, PredictOut, ScoreIn, ScoreOut, errors
 from ..services import lifecycle, streams, trees
 from ..services.owners import Caller
 from ..services.tasks import get_learned_task
 from ..streaming import SSE_HEADERS, predict_events
 
-router = APIRouter(prefix="/v1/streams/{stream_id}", tags=["tree"], responses=errors(401))
-Version = Annotated[int | None, Query(ge=0, description="a tree version (default: the latest)")]
+router = APIRouter(prefix="/v1/streams/{stream_id}", tags=["tree"], responses=errors(401, 404, 422, 503))
 
 
 @router.get("/tree")
-def get_tree(stream_id: str, session: SessionDep, caller: CallerDep, version: Version = None) -> dict[str, Any]:
+def get_tree(stream_id: StreamRef, session: SessionDep, caller: CallerDep, version: Version = None) -> dict[str, Any]:
     return trees.tree(session=session, caller=caller, stream_id=stream_id, version=version)
 
 
 @router.get("/router")
 def get_router(
-    stream_id: str, session: SessionDep, settings: SettingsDep, caller: CallerDep, version: Version = None
+    stream_id: StreamRef, session: SessionDep, settings: SettingsDep, caller: CallerDep, version: Version = None
 ) -> dict[str, Any]:
     """The task router of a version: its tasks, its routing confidence's calibration and the
     default `low_confidence` threshold."""
@@ -40,19 +40,19 @@ def get_router(
 
 
 @router.get("/tree/versions")
-def list_versions(stream_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+def list_versions(stream_id: StreamRef, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
     return {"data": trees.versions(session=session, caller=caller, stream_id=stream_id), "has_more": False}
 
 
 @router.get("/tasks/{task_id}/path")
-def task_path(stream_id: str, task_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+def task_path(stream_id: StreamRef, task_id: TaskRef, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
     return trees.task_path(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
 
 
 @router.get("/tasks/{task_id}/similar")
 def similar_tasks(
-    stream_id: str,
-    task_id: str,
+    stream_id: StreamRef,
+    task_id: TaskRef,
     session: SessionDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -61,7 +61,9 @@ def similar_tasks(
 
 
 @router.get("/adapters")
-def list_adapters(stream_id: str, session: SessionDep, caller: CallerDep, version: Version = None) -> dict[str, Any]:
+def list_adapters(
+    stream_id: StreamRef, session: SessionDep, caller: CallerDep, version: Version = None
+) -> dict[str, Any]:
     rows = trees.adapters(session=session, caller=caller, stream_id=stream_id, version=version)
     return {"data": [AdapterOut.model_validate(a).model_dump(mode="json") for a in rows], "has_more": False}
 
@@ -69,10 +71,13 @@ def list_adapters(stream_id: str, session: SessionDep, caller: CallerDep, versio
 @router.get(
     "/tasks/{task_id}/adapter",
     response_class=Response,
-    responses={200: {"content": {"application/gzip": {}}, "description": "PEFT adapter folder as .tar.gz"}},
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "PEFT adapter folder as .tar.gz"},
+        **errors(410),
+    },
 )
 def download_adapter(
-    stream_id: str, task_id: str, session: SessionDep, inference: InferenceDep, caller: CallerDep
+    stream_id: StreamRef, task_id: TaskRef, session: SessionDep, inference: InferenceDep, caller: CallerDep
 ) -> Response:
     stream, task, tv = trees.learned(session=session, caller=caller, stream_id=stream_id, task_id=task_id)
     lifecycle.check_servable(task, param="task_id")
@@ -85,7 +90,7 @@ def download_adapter(
 
 
 @router.get("/evaluations")
-def evaluations(stream_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+def evaluations(stream_id: StreamRef, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
     return trees.evaluations(session=session, caller=caller, stream_id=stream_id)
 
 
@@ -104,9 +109,14 @@ def _resolve(session: SessionDep, caller: Caller, stream_id: str, task: str) -> 
 @router.post(
     "/predict",
     response_model=PredictOut,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "with stream: true (docs/service.md)"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "with stream: true (docs/service.md)"},
+        **errors(409, 410, 413),
+    },
 )
-def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: InferenceDep, caller: CallerDep) -> Any:
+def predict(
+    stream_id: StreamRef, body: PredictIn, session: SessionDep, inference: InferenceDep, caller: CallerDep
+) -> Any:
     stream, task, retired = _resolve(session, caller, stream_id, body.task)
     gen = body.model_dump(exclude={"inputs", "task", "stop", "stream"})
     if body.stream:
@@ -115,9 +125,9 @@ def predict(stream_id: str, body: PredictIn, session: SessionDep, inference: Inf
     return inference.predict(stream, task, body.inputs, stop=tuple(body.stop), retired=retired, **gen)
 
 
-@router.post("/score", response_model=ScoreOut)
+@router.post("/score", response_model=ScoreOut, responses=errors(409, 410, 413))
 def score(
-    stream_id: str, body: ScoreIn, session: SessionDep, inference: InferenceDep, caller: CallerDep
+    stream_id: StreamRef, body: ScoreIn, session: SessionDep, inference: InferenceDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Classification without free generation: the log-likelihood of each choice per input."""
     stream, task, retired = _resolve(session, caller, stream_id, body.task)

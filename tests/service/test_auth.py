@@ -95,7 +95,8 @@ def test_keys_are_created_by_the_admin_only_and_stored_hashed(aclient: TestClien
     # bad key names and unknown fields are 422; another key's id to revoke is 404
     for body in ({"name": "x" * 65}, {"name": " lead"}, {"name": "a\nb"}, {"name": 5}, {"nme": "a"}):
         assert aclient.post("/v1/keys", json=body, headers=ADMIN).status_code == 422, body
-    assert aclient.delete("/v1/keys/key_nope", headers=ADMIN).status_code == 404
+    assert aclient.delete("/v1/keys/key_" + "0" * 22, headers=ADMIN).status_code == 404
+    assert aclient.delete("/v1/keys/key_nope", headers=ADMIN).status_code == 422
 
 
 def test_a_revoked_key_is_refused_at_its_next_request(aclient: TestClient) -> None:
@@ -266,6 +267,12 @@ def test_another_keys_stream_is_not_found_on_every_route(aclient: TestClient, as
     assert aclient.get("/v1/streams/wide", headers=a).status_code == 200
     assert [t["retired_at"] for t in aclient.get("/v1/streams/wide/tasks", headers=a).json()["data"]] == [None, None]
     assert aclient.get(f"/v1/jobs/{job_id}", headers=a).json()["cancel_requested"] is False
+    # the OpenAI-compatible routes: the stream is no model of B's
+    assert "wide" not in str(aclient.get("/v1/models", headers=b).json())
+    assert aclient.get("/v1/models/wide", headers=b).status_code == 404
+    r = aclient.post("/v1/completions", json={"model": "wide", "prompt": "x"}, headers=b)
+    assert r.status_code == 404, r.text
+    assert "wide" in str(aclient.get("/v1/models", headers=a).json())
     # the lists show B nothing of A's
     assert aclient.get("/v1/streams", headers=b).json()["data"] == []
     assert aclient.get("/v1/jobs", headers=b).json()["data"] == []

@@ -217,8 +217,9 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str | None, int | Non
     ),
     ("missing stream name", "POST", "/v1/streams", {"json": {}}, 422, "invalid", "name", None),
     ("unknown task", "GET", "/v1/streams/s/tasks/nope", {}, 404, "not_found", "task_id", None),
-    ("unknown job", "GET", "/v1/jobs/job_nope", {}, 404, "not_found", "job_id", None),
-    ("cancel unknown job", "POST", "/v1/jobs/job_nope/cancel", {}, 404, "not_found", "job_id", None),
+    ("unknown job", "GET", "/v1/jobs/job_0000000000000000000000", {}, 404, "not_found", "job_id", None),
+    ("cancel unknown job", "POST", "/v1/jobs/job_0000000000000000000000/cancel", {}, 404, "not_found", "job_id", None),
+    ("malformed job id", "GET", "/v1/jobs/job_nope", {}, 422, "invalid", "job_id", None),
     ("limit out of range", "GET", "/v1/streams?limit=0", {}, 422, "invalid", "limit", None),
     ("unknown job state filter", "GET", "/v1/jobs?state=exploded", {}, 422, "invalid", "state", None),
     (
