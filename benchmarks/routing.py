@@ -1,13 +1,14 @@
-"""Routing without a task id on the benchmark streams: flat nearest prototype vs tree descent, and
-whether its confidence can be trusted.
+"""Routing without a task id on the benchmark streams: nearest prototypes (flat) against tree
+descent and a linear head, what a route costs, and whether its confidence can be trusted.
 
     python -m benchmarks.routing --trace-root ../shared/data/trace-500
     # -> docs/benchmarks/routing.json, docs/benchmarks/routing-reliability.png
 
-Streams: the continual benchmark's two (quick profile: same tasks, same splits) and a harder one,
-`wordnet32`: 32 WordNet tasks over random, overlapping 4-label sets with one template (the
-serving benchmark's kind of stream), where flat routing is wrong often enough to measure how its
-confidence ranks right against wrong routes. The router is built as the learner builds it: task
+Streams: the continual benchmark's two (quick profile: same tasks, same splits), `wordnet32`: 32
+WordNet tasks over random, overlapping 4-label sets with one template (the serving benchmark's
+kind of stream), where flat routing is wrong often enough to measure how its confidence ranks
+right against wrong routes, and `long`: the long stream's 20 tasks in 4 families, two of which
+do not list their labels in the prompt. The router is built as the learner builds it: task
 by task, from each task's training prompts, which also give its held-out prompts and the
 calibration (`treelora_core.router`, `treelora_core.calibration`); the test prompts are never
 seen. Every test prompt is routed flat and, where the continual benchmark's `treelora` run left a
@@ -18,14 +19,19 @@ expected calibration error (10 equal-width bins), AUROC of confidence for right 
 routes, and the shares of right and of wrong routes that `low_confidence` flags at the router's
 threshold. `before` is the confidence the router gave until now (a softmax over per-task best
 similarities at temperature 0.02, flagged below 0.5); `alternatives` are other calibrators fitted
-on the same held-out prompts, other thresholds for the default one, and a router with one
-prototype (the centroid) per task. Only the frozen base model runs: no training.
+on the same held-out prompts, other thresholds for the default one, the router with a linear
+head (`head=True`: softmax regression on the kept prompts, routing where it beats the prototypes
+out of fold by McNemar's margin; `head_flat` is the head's own accuracy) and with one prototype
+(the centroid) per task. `embed_ms_per_prompt` and `route_ms_per_prompt`
+are CPU milliseconds per test prompt (one torch thread where the caller sets it) for the
+embedding and for scoring every view. Only the frozen base model runs: no training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.continual import PROFILES, load_stream
+from benchmarks.families import family_stream
+from benchmarks.long_stream import PROFILES as LONG_PROFILES
 from treelora_core.adapter_tree import AdapterTree
 from treelora_core.calibration import RIGHT_FLAGGED, Calibrator, auroc, ece, pick_features
 from treelora_core.config import StreamConfig
@@ -42,7 +50,8 @@ from treelora_core.learner import ContinualLearner
 from treelora_core.models import load_base
 from treelora_core.router import PrototypeRouter
 
-STREAMS = {"wordnet": "continual", "mixed": "continual-mixed", "wordnet32": None}  # -> details file of its tree
+# -> the details file of the stream's tree (the long stream's tree is in its own cells)
+STREAMS = {"wordnet": "continual", "mixed": "continual-mixed", "wordnet32": None, "long": None}
 BINS = 10
 OLD_THRESHOLD = 0.5  # the service's default before calibration
 
@@ -54,6 +63,9 @@ def tree_nodes(placements: list[dict[str, Any]], names: list[str], n_blocks: int
 
 def load(stream: str, trace_root: Path) -> tuple[list[Task], int]:
     """The stream's tasks and the prompt length its benchmark encodes them with."""
+    if stream == "long":  # the long stream of task families, quick profile: two families list no labels
+        prof = LONG_PROFILES["quick"]
+        return [ft.task for ft in family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]], prof.max_length
     if stream == "wordnet32":  # 100 + 50 per task: the smallest supersense has 40 glosses a label
         tasks = load_wordnet(n_tasks=32, n_train=100, n_test=50, seed=7, classes=wordnet_label_sets(32, seed=7))
         return tasks, 64
@@ -136,7 +148,7 @@ def alternatives(
 ) -> dict[str, Any]:
     """Other calibrators on the router's held-out prompts, and other thresholds for its own."""
     hv, labels = router.heldout_views()
-    hp = hv[0].argmax(1)
+    hp = hv[router.route_view].argmax(1)
     hr = hp == labels
     out: dict[str, Any] = {}
     margin = [((0, "margin"),)]
@@ -161,13 +173,18 @@ def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) 
     tasks, max_length = load(stream, trace_root)
     learner.fmt.max_length = max_length
     train = [learner.embed([e.prompt for e in t.train]) for t in tqdm(tasks, desc=f"{stream}: train", unit="task")]
+    t0 = time.process_time()
     test = [learner.embed([e.prompt for e in t.test]) for t in tqdm(tasks, desc=f"{stream}: test", unit="task")]
+    embed_ms = round(1000 * (time.process_time() - t0) / sum(len(t.test) for t in tasks), 2)
     labels = torch.cat([torch.full((len(x),), i) for i, x in enumerate(test)])
     router = PrototypeRouter()
     for t, x in zip(tasks, train, strict=True):
         router.add(t.name, x)
+    t0 = time.process_time()
     views = [torch.cat(v) for v in zip(*(router.views(x) for x in test), strict=True)]
-    picks = views[0].argmax(1)
+    rv = router.route_view  # the default router's: its prototypes
+    picks = views[rv].argmax(1)
+    route_ms = 1000 * (time.process_time() - t0) / len(labels)
     right = picks == labels
     conf = router.confidence(views, picks)
     assert router.calibrator is not None
@@ -177,6 +194,9 @@ def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) 
         "tasks": len(tasks),
         "test_prompts": len(labels),
         "flat": round(100 * float(right.double().mean()), 1),
+        "route_view": router.VIEWS[rv],
+        "embed_ms_per_prompt": embed_ms,
+        "route_ms_per_prompt": round(route_ms, 3),
         "tree": None,
         "tree_nodes": None,
         "wrong_routes": int((~right).sum()),
@@ -191,21 +211,28 @@ def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) 
         "views_disagree": disagreement(views, right),
     }
     if nodes is not None:
-        tree_picks = torch.tensor([router.descend(row, nodes) for row in views[0]])
+        tree_picks = torch.tensor([router.descend(row, nodes) for row in views[rv]])
         tree_right = tree_picks == labels
         out.update(tree=round(100 * float(tree_right.double().mean()), 1), tree_nodes=len(nodes))
         out["tree_confidence"] = figures(router.confidence(views, tree_picks), tree_right, router.threshold)
     out["alternatives"] = alternatives(router, views, picks, right)
-    centroid = PrototypeRouter(per_task=1)
-    for t, x in zip(tasks, train, strict=True):
-        centroid.add(t.name, x)
-    cv = [torch.cat(v) for v in zip(*(centroid.views(x) for x in test), strict=True)]
-    cp = cv[0].argmax(1)
-    cr = cp == labels
-    out["alternatives"]["router_one_prototype"] = {
-        "flat": round(100 * float(cr.double().mean()), 1),
-        **figures(centroid.confidence(cv, cp), cr, centroid.threshold),
-    }
+    for name, other in (
+        ("router_linear", PrototypeRouter(head=True)),  # the linear head, where it earns its place
+        ("router_one_prototype", PrototypeRouter(per_task=1)),  # the centroid per task
+    ):
+        for t, x in zip(tasks, train, strict=True):
+            other.add(t.name, x)
+        cv = [torch.cat(v) for v in zip(*(other.views(x) for x in test), strict=True)]
+        cp = cv[other.route_view].argmax(1)
+        cr = cp == labels
+        out["alternatives"][name] = {
+            "flat": round(100 * float(cr.double().mean()), 1),
+            "route_view": other.VIEWS[other.route_view],
+            **figures(other.confidence(cv, cp), cr, other.threshold),
+        }
+        if len(cv) > other.LINEAR:  # the head's own routes, whether or not it was chosen to route
+            head_right = cv[other.LINEAR].argmax(1) == labels
+            out["alternatives"][name]["head_flat"] = round(100 * float(head_right.double().mean()), 1)
     # per confidence bin: [mean confidence, share right, routes], for the reliability diagram
     out["reliability"] = {"calibrated": reliability(conf, right), "before": reliability(old, right)}
     return out
@@ -255,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model, tok = load_base()
     learner = ContinualLearner(model, tok, StreamConfig())
-    out = {}
+    path = args.folder / "routing.json"
+    out = json.loads(path.read_text()) if path.exists() else {}  # streams not rerun keep their figures
     for stream in args.streams:
         out[stream] = run(stream, learner, args.folder, args.trace_root)
         brief = {k: v for k, v in out[stream].items() if k not in ("alternatives", "reliability")}

@@ -59,3 +59,44 @@ def test_committed_serving_benchmark_has_the_documented_shape() -> None:
         assert set(systems) == {"treelora", "base", "peft_switch", "peft_mixed", "merged_switch"}
         for r in systems.values():
             assert {"tokens_per_s", "p50_ms", "p99_ms"} <= set(r) and r["errors"] == 0
+
+
+def _shared_topics(seed: int, n: int) -> list[torch.Tensor]:
+    """Two tasks whose prompts share their large, varied topic directions and differ only along
+    one small direction: nearest prototypes follow the topics, a linear head the difference."""
+    g = torch.Generator().manual_seed(seed)
+    topics = torch.randn(8, 32, generator=torch.Generator().manual_seed(99)) * 3
+    topics[:, 0] = 0.0  # the tasks' direction carries no topic
+    out = []
+    for task in range(2):
+        x = topics[torch.randint(0, 8, (n,), generator=g)] + 1.5 * torch.randn(n, 32, generator=g)
+        x[:, 0] = (1.0 if task else -1.0) + 0.3 * torch.randn(n, generator=g)
+        out.append(x)
+    return out
+
+
+def test_the_linear_head_routes_by_what_separates_tasks_and_survives_save_and_leave_out() -> None:
+    train, test = _shared_topics(0, 128), _shared_topics(1, 200)
+    labels = torch.cat([torch.full((len(x),), i) for i, x in enumerate(test)])
+    x = torch.cat(test)
+
+    def accuracy(router: PrototypeRouter) -> float:
+        picks = torch.tensor([int(name[1:]) for name, _ in router.route(x)])
+        return float((picks == labels).double().mean())
+
+    head, protos = PrototypeRouter(head=True), PrototypeRouter()
+    for i, t in enumerate(train):
+        head.add(f"t{i}", t)
+        protos.add(f"t{i}", t)
+    assert head.head is not None and head.route_view == PrototypeRouter.LINEAR
+    assert protos.head is None and protos.route_view == 0
+    assert accuracy(head) > 0.95 > 0.8 > accuracy(protos)  # prototypes follow the shared topics
+    # saved and loaded: the same routes; saved without a head (older versions): prototypes route
+    loaded = PrototypeRouter(head=True)
+    loaded.load(head.names, head.state(), head.calibration_json())
+    assert loaded.route(x[:50]) == head.route(x[:50])
+    legacy = PrototypeRouter(head=True)
+    legacy.load(head.names, {k: v for k, v in head.state().items() if not k.startswith("head.")})
+    assert legacy.head is None and legacy.route_view == 0
+    # a router without a task keeps the head's other columns and never picks the left-out task
+    assert {name for name, _ in head.without({"t1"}).route(x)} == {"t0"}

@@ -220,9 +220,10 @@ class ContinualLearner:
 
     def stored_bytes(self) -> int:
         """Everything kept to serve and continue the stream: the strategy's adapters and extra
-        tensors, plus the router's prototypes where inference needs a route (not its held-out
+        tensors, plus the router's prototypes and head where inference needs a route (not its held-out
         calibration prompts, at most `router.heldout_cap` float16 embeddings per task)."""
-        router = sum(t.numel() * t.element_size() for t in self.router.protos + self.router.centroids)
+        head = list(self.router.head.state().values()) if self.router.head is not None else []
+        router = sum(t.numel() * t.element_size() for t in self.router.protos + self.router.centroids + head)
         return self.strategy.stored_bytes() + (router if self.strategy.needs_task_id else 0)
 
     # -- inference ------------------------------------------------------------------------------

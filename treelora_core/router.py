@@ -1,22 +1,30 @@
-"""Routing without a task id: nearest task prototypes in the frozen model's hidden space.
+"""Routing without a task id: a linear head and task prototypes in the frozen model's hidden space.
 
 Each task keeps a few prototypes (k-means centroids of its training prompts' mean-pooled hidden
-states, L2-normalised). A request goes to the task of its most similar prototype.
+states, L2-normalised) and up to `heldout` of those prompts' embeddings. With `head=True` (an
+option, off by default: see docs/benchmarks.md, Routing), once two tasks have kept prompts, a
+linear head (`linear_head.LinearHead`, softmax regression over all kept prompts,
+refitted when a task is added) is fitted; where it routes the kept prompts better than the
+prototypes do, out of fold and by a significant margin (`HEAD_MARGIN`), a request goes to the
+task with the largest logit. Otherwise
+(the default `head=False`, few or easy prompts, or a version saved without a head) it goes to
+the task of its most similar prototype.
 
 The confidence is a calibrated probability that the route is right (`calibration.Calibrator`),
-read from two views of the input: its per-task best prototype similarities (what it was routed
-by) and its similarity to each task's centroid (the mean of all its prompts: a second opinion that
-weighs what all of a task's prompts share, such as an instruction or a label list, over the topic
-of the nearest few). It is refitted whenever a task is added, on held-out training prompts: each
-task keeps up to `heldout` of its training prompts' embeddings, cross-fitted (each fold's prompts
-are scored against their own task's prototypes and centroid rebuilt without them, and against the
-other tasks', which never held them). A router with one task is always right (confidence 1); one
-saved before calibration existed falls back to a softmax over per-task best similarities at a
-fixed temperature.
+read from the views of the input: its per-task best prototype similarities, its similarity to
+each task's centroid (the mean of all its prompts: a second opinion that weighs what all of a
+task's prompts share, such as an instruction or a label list, over the topic of the nearest
+few) and the head's logits. It is refitted whenever a task is added, on the kept prompts,
+cross-fitted: each fold's prompts are scored against their own task's prototypes and centroid
+rebuilt without them and against the other tasks' (which never held them), and by a head
+fitted without their fold. A router with one task is always right (confidence 1); one saved
+before calibration existed falls back to a softmax over per-task best similarities at a fixed
+temperature.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Collection
 from typing import Any
@@ -26,6 +34,12 @@ import torch.nn.functional as F
 
 from .calibration import MIN_THRESHOLD, Calibrator
 from .errors import StateError
+from .linear_head import LinearHead
+
+# the head routes when, on the prompts where it and the prototypes disagree out of fold, it is
+# right more often by this many standard errors (McNemar's test, about 97.5% one-sided): a head
+# that only fits the kept prompts better, which may not carry to new prompts, does not route
+HEAD_MARGIN = 1.96
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
@@ -58,11 +72,19 @@ def kmeans_batched(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> t
 
 
 class PrototypeRouter:
-    VIEWS = ("prototypes", "centroid")  # what `views` returns, in order
+    VIEWS = ("prototypes", "centroid", "linear")  # what `views` returns, in order (linear: with a head)
+    LINEAR = 2  # the view routes are picked from when the router has a linear head, else 0
 
-    def __init__(self, per_task: int = 16, temperature: float = 0.02, heldout: int = 64, folds: int = 8) -> None:
+    def __init__(
+        self, per_task: int = 16, temperature: float = 0.02, heldout: int = 64, folds: int = 8, head: bool = False
+    ) -> None:
         self.per_task, self.temperature = per_task, temperature
         self.heldout_cap, self.folds = heldout, folds  # held-out prompts kept per task, cross-fit folds
+        self.use_head = head  # fit a linear head (`linear_head`) on the kept prompts and route by it
+        self.head: LinearHead | None = None
+        self.head_names: list[str] = []  # the tasks of the head's columns, in order
+        self.head_routes = False  # the head routes held-out prompts better than the prototypes do
+        self._head_oof: torch.Tensor | None = None  # out-of-fold head logits of the kept prompts
         self.names: list[str] = []
         self.protos: list[torch.Tensor] = []  # per task (k, C), unit rows
         self.centroids: list[torch.Tensor] = []  # per task (C,), unit
@@ -100,33 +122,76 @@ class PrototypeRouter:
 
     def heldout_views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every task's held-out prompts as score views (each (N, tasks), each row's own task
-        scored as it was cross-fitted), and their true task indices (N,)."""
+        scored as it was cross-fitted; the linear view out of fold), and their true task
+        indices (N,)."""
         rows: list[list[torch.Tensor]] = [[], []]
         labels = []
         for i, name in enumerate(self.names):
             if name in self.heldout:
                 emb, own = self.heldout[name]
-                for v, s in enumerate(self.views(emb)):
+                for v, s in enumerate(self.views(emb)[:2]):
                     s[:, i] = own[:, v]
                     rows[v].append(s)
                 labels.append(torch.full((len(emb),), i))
         if not labels:
             return [torch.empty(0, len(self.names))] * 2, torch.empty(0, dtype=torch.long)
-        return [torch.cat(r) for r in rows], torch.cat(labels)
+        views = [torch.cat(r) for r in rows]
+        if self._head_oof is not None and len(self._head_oof) == len(views[0]):
+            views.append(self._head_oof)
+        return views, torch.cat(labels)
+
+    def _fit_head(self) -> None:
+        """Fit the linear head on every task's kept prompts, and its out-of-fold logits for them
+        (`folds` folds, every task in every fold) for the calibration. No head below two tasks."""
+        self.head, self.head_names, self._head_oof, self.head_routes = None, [], None, False
+        kept = [(i, self.heldout[n][0].float()) for i, n in enumerate(self.names) if n in self.heldout]
+        if not self.use_head or len(kept) < 2 or len(kept) < len(self.names):
+            return
+        x = torch.cat([e for _, e in kept])
+        y = torch.cat([torch.full((len(e),), i) for i, e in kept])
+        fold = torch.cat([torch.arange(len(e)) % self.folds for _, e in kept])
+        oof = torch.empty(len(x), len(self.names))
+        for k in range(self.folds):
+            test = fold == k
+            if test.any():
+                oof[test] = LinearHead.fit(x[~test], y[~test], len(self.names)).scores(x[test])
+        self.head, self.head_names, self._head_oof = LinearHead.fit(x, y, len(self.names)), list(self.names), oof
 
     def calibrate(self) -> None:
-        """Refit the calibrator on the held-out prompts, routed flat (none with fewer than two
-        tasks, or no held-out prompt)."""
+        """Refit the linear head, then the calibrator on the held-out prompts, routed flat (none
+        with fewer than two tasks, or no held-out prompt)."""
+        self._fit_head()
         views, labels = self.heldout_views()
         if len(self.names) < 2 or not len(labels):
             self.calibrator = None
             return
-        picks = views[0].argmax(1)
+        if len(views) > self.LINEAR:  # route by the head only where it beats the prototypes out of fold
+            proto, head = (views[v].argmax(1) == labels for v in (0, self.LINEAR))
+            wins, losses = int((head & ~proto).sum()), int((proto & ~head).sum())
+            self.head_routes = wins - losses > HEAD_MARGIN * math.sqrt(wins + losses)  # McNemar, one-sided
+        picks = views[self.route_view].argmax(1)
         self.calibrator = Calibrator.fit(views, picks, picks == labels)
 
+    @property
+    def route_view(self) -> int:
+        """The index in `views` that routes are picked from: the linear head's when it has one that
+        routed the held-out prompts better than the prototypes, else the prototypes'."""
+        return self.LINEAR if self.head_routes and self._head_columns() is not None else 0
+
+    def _head_columns(self) -> list[int] | None:
+        if self.head is None or any(n not in self.head_names for n in self.names):
+            return None
+        return [self.head_names.index(n) for n in self.names]
+
     def views(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
-        """The score views the calibration reads (`VIEWS`): `scores` and `centroid_scores`."""
-        return [self.scores(embeddings), self.centroid_scores(embeddings)]
+        """The score views the calibration reads (`VIEWS`): `scores`, `centroid_scores` and,
+        with a head, its logits."""
+        out = [self.scores(embeddings), self.centroid_scores(embeddings)]
+        cols = self._head_columns()
+        if cols is not None:
+            assert self.head is not None
+            out.append(self.head.scores(embeddings, cols))
+        return out
 
     def centroid_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, tasks): similarity to each task's centroid."""
@@ -156,12 +221,14 @@ class PrototypeRouter:
         """A router over every task but `names` (sharing the prototypes): routing never picks
         those. It keeps this router's calibration (fitted with them among the competitors: a
         left-out task only widens the margins it used to narrow)."""
-        out = PrototypeRouter(self.per_task, self.temperature, self.heldout_cap, self.folds)
+        out = PrototypeRouter(self.per_task, self.temperature, self.heldout_cap, self.folds, self.use_head)
         keep = [i for i, n in enumerate(self.names) if n not in names]
         out.names = [self.names[i] for i in keep]
         out.protos = [self.protos[i] for i in keep]
         out.centroids = [self.centroids[i] for i in keep]
         out.heldout = {n: v for n, v in self.heldout.items() if n in out.names}
+        out.head, out.head_names = self.head, self.head_names  # its columns for the kept tasks
+        out.head_routes = self.head_routes
         out.calibrator = self.calibrator
         return out
 
@@ -176,14 +243,15 @@ class PrototypeRouter:
         if not self.names:
             raise StateError("the router knows no task yet")
         views = self.views(embeddings)
-        picks = [self.descend(row, nodes) if nodes is not None else int(row.argmax()) for row in views[0]]
+        v = self.route_view
+        picks = [self.descend(row, nodes) if nodes is not None else int(row.argmax()) for row in views[v]]
         conf = self.confidence(views, torch.tensor(picks, dtype=torch.long))
         return [(self.names[k], float(c)) for k, c in zip(picks, conf, strict=True)]
 
     def descend(self, scores: torch.Tensor, nodes: list[dict]) -> int:
         """Tree routing for one input: from the top level of a tree view (`views.tree_view`
         nodes), take at each level the child whose member tasks score best on average, down to a
-        leaf; -> the index of its task in `names`. scores: (tasks,) from `scores()`. Nodes with
+        leaf; -> the index of its task in `names`. scores: (tasks,) from the routing view. Nodes with
         no member among `names` (tasks this router leaves out) are never taken."""
         by_id = {n["id"]: n for n in nodes}
 
@@ -207,6 +275,9 @@ class PrototypeRouter:
         out.update({f"centroid.{n}": c for n, c in zip(self.names, self.centroids, strict=True)})
         for n, (emb, own) in self.heldout.items():
             out[f"heldout.{n}"], out[f"heldout_own.{n}"] = emb, own
+        if self.head is not None and self.head_names == self.names:
+            out.update({f"head.{k}": v for k, v in self.head.state().items()})
+            out["head.routes"] = torch.tensor([float(self.head_routes)])
         return out
 
     def load(
@@ -228,3 +299,8 @@ class PrototypeRouter:
             if f"heldout.{n}" in tensors
         }
         self.calibrator = Calibrator.from_json(calibration) if calibration else None
+        head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
+        fits = head and head["weight"].shape[1] == len(names)  # saved with one column per task
+        self.head = LinearHead.from_state(head) if fits else None  # none: saved before heads existed
+        self.head_names, self._head_oof = (list(names) if fits else []), None
+        self.head_routes = bool(fits and float(head.get("routes", torch.ones(1))[0]) > 0)
