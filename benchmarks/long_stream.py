@@ -226,6 +226,44 @@ def final_op_diff(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) ->
     return {"op_diff": round(d, 2), "op_diff_ci": ci, "verdict": stats.verdict(ci), "seeds": common}
 
 
+def long_json(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary in the stream's published shape (`long.json`): per method the mean over its
+    seeds, per task position the mean cost and routing so far; `tree_ari` is `treelora`'s."""
+
+    def mean(values: list[Any]) -> Any:
+        return None if any(v is None for v in values) else round(float(np.mean(values)), 2)
+
+    methods = {}
+    for m, by_seed in summary["methods"].items():
+        runs = list(by_seed.values())
+        methods[m] = {
+            "seeds": [int(s) for s in by_seed],
+            "op": mean([r["op"] for r in runs]),
+            "forgetting": mean([r["forgetting"] for r in runs]),
+            "routing_accuracy": mean([r["final_routing_accuracy"] for r in runs]),
+            "per_task": [
+                {
+                    "position": k + 1,
+                    "seconds": mean([r["seconds"][k] for r in runs]),
+                    "stored_bytes": mean([r["stored_bytes"][k] for r in runs]),
+                    "comparisons": mean([r["comparisons"][k] for r in runs]),
+                    "routing_accuracy": mean([r["routing_accuracy"][k] for r in runs]),
+                }
+                for k in range(len(summary["tasks"]))
+            ],
+        }
+    tree_runs: list[dict[str, Any]] = list(summary["methods"].get("treelora", {}).values())
+    tree = tree_runs[0]["tree"] if tree_runs else None
+    return {
+        "stream": "wordnet-families",
+        "profile": summary["profile"],
+        "model": summary["model"],
+        "tasks": [{"name": n, "family": f} for n, f in zip(summary["tasks"], summary["families"], strict=True)],
+        "tree_ari": None if tree is None else tree["ari"],
+        "methods": methods,
+    }
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     folder = cells_dir(args.out, args.profile)
     cells: dict[str, dict[int, dict[str, Any]]] = {}
@@ -254,6 +292,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     }
     name = "long-stream" if args.profile == "quick" else f"long-stream-{args.profile}"
     (args.out / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    short = "long" if args.profile == "quick" else f"long-{args.profile}"
+    (args.out / f"{short}.json").write_text(json.dumps(long_json(summary), indent=1) + "\n")
     plot(summary, args.out / f"{name}.png")
 
 

@@ -68,6 +68,13 @@ def test_long_stream_smoke_reports_cost_routing_and_tree_shape(tmp_path) -> None
     assert tree["tree"]["subtrees"] >= 1 and -1.0 <= tree["tree"]["ari"] <= 1.0
     assert seq["tree"] is None
     assert (tmp_path / "long-stream-smoke.png").exists()
+    pub = json.loads((tmp_path / "long-smoke.json").read_text())  # the published shape
+    assert [t["family"] for t in pub["tasks"]] == summary["families"] and pub["tree_ari"] == tree["tree"]["ari"]
+    row = pub["methods"]["treelora"]
+    assert row["op"] == tree["op"] and [p["position"] for p in row["per_task"]] == [1, 2, 3, 4]
+    assert [p["stored_bytes"] for p in row["per_task"]] == tree["stored_bytes"]
+    assert pub["methods"]["seq_lora"]["routing_accuracy"] is None
+    assert "treelora vs seq_lora" in summary["pairs"]
 
 
 def test_placement_at_scale_compares_flat_and_tree_search_per_n() -> None:
