@@ -150,7 +150,23 @@ def _long_stream(out: list[str], folder: Path) -> None:
             f"{'-' if tree is None else tree['ari']} | "
             f"{depths} |"
         )
+    pairs = data.get("pairs", {})
+    if pairs:
+        out += [
+            "",
+            "Paired OP differences after the last task (a minus b; 95% bootstrap over the seeds both have and "
+            "the test examples):",
+            "",
+            "| a | b | seeds | OP a - b [95% CI] | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for key, p in pairs.items():
+            a, b = key.split(" vs ")
+            out.append(f"| {a} | {b} | {len(p['seeds'])} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} |")
     out += ["", "![long stream](benchmarks/long-stream.png)", ""]
+    notes = folder / "long-notes.md"
+    if notes.exists():
+        out += [notes.read_text()]
 
 
 SEARCH_ROWS = (
