@@ -3,10 +3,11 @@ worker process can write the same file; PostgreSQL needs nothing special."""
 
 from __future__ import annotations
 
+import uuid
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,3 +45,36 @@ def database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def create_database(server_url: str, prefix: str = "t") -> str:
+    """A new empty PostgreSQL database on the server (`server_url` names any database on it,
+    reachable as a user who may create databases); its URL. For tests and benchmarks."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(server_url: str, url: str) -> None:
+    """Drop the database `url` names (made by `create_database`), closing its connections."""
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def busy_connections(url: str) -> int:
+    """Connections to the database that sit in a transaction or run a query, but this one."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        n = conn.execute(
+            text(
+                "select count(*) from pg_stat_activity where datname = current_database() "
+                "and pid <> pg_backend_pid() and state <> 'idle'"
+            )
+        ).scalar_one()
+    engine.dispose()
+    return int(n)

@@ -31,13 +31,12 @@ import os
 import re
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
 
+from api.db import busy_connections, create_database, drop_database
 from api.migrate import upgrade
 from api.settings import Settings
 from benchmarks.serving import ROOT, start, stop
@@ -64,54 +63,14 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 def tiny_model(folder: Path) -> Path:
     """A tiny random Llama with SmolLM2's tokenizer (packaged, offline): a job trains in seconds."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from treelora_core.models import smollm2_dir
+    from treelora_core.models import smollm2_dir, tiny_llama
 
     tok = AutoTokenizer.from_pretrained(str(smollm2_dir()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_llama(tok).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
-
-
-def fresh_database(server_url: str) -> str:
-    name = f"reliability_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return server_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(server_url: str, url: str) -> None:
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    engine.dispose()
-
-
-def busy_connections(url: str) -> int:
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        n = conn.execute(
-            text(
-                "select count(*) from pg_stat_activity where datname = current_database() "
-                "and pid <> pg_backend_pid() and state <> 'idle'"
-            )
-        ).scalar_one()
-    engine.dispose()
-    return int(n)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -282,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.database_url or not args.database_url.startswith("postgresql"):
         ap.error("--database-url (or TREELORA_TEST_DATABASE_URL) must name a PostgreSQL server")
     started = {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-    db = fresh_database(args.database_url)
+    db = create_database(args.database_url, "reliability")
     try:
         upgrade(db)
         with tempfile.TemporaryDirectory(prefix="reliability-") as tmp_dir:

@@ -8,12 +8,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from treelora_core.config import StreamConfig, TrainConfig, TreeConfig
 from treelora_core.data import Example, Task
 from treelora_core.learner import ContinualLearner
-from treelora_core.models import load_base, prepare, smollm2_dir
+from treelora_core.models import load_base, prepare, smollm2_dir, tiny_llama
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -30,18 +30,7 @@ def tokenizer() -> PreTrainedTokenizerBase:
 
 @pytest.fixture(scope="session")
 def tiny_base(tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        attn_implementation="sdpa",
-    )
-    model, _ = prepare(LlamaForCausalLM(cfg), tokenizer)
+    model, _ = prepare(tiny_llama(tokenizer), tokenizer)
     return model
 
 

@@ -17,6 +17,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from api.db import create_database
 from api.main import create_app
 from api.migrate import upgrade
 from api.models import Base
@@ -39,12 +40,7 @@ def pg_server_url() -> str:
 
 def fresh_database(server_url: str) -> str:
     """A new empty database on the test server; its URL."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return server_url.rsplit("/", 1)[0] + "/" + name
+    return create_database(server_url)
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
-from api.db import session_factory
+from api.db import busy_connections, session_factory
 from api.services import runs
 from api.settings import Settings
 from worker.runner import run_job
@@ -74,20 +73,6 @@ def predict_load(base: str, seconds: float, clients: int = 4) -> list[float]:
 
 def p99(lat: list[float]) -> float:
     return lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-
-
-def busy_connections(url: str) -> int:
-    """Connections to the database that sit in a transaction or run a query, but this one."""
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        n = conn.execute(
-            text(
-                "select count(*) from pg_stat_activity where datname = current_database() "
-                "and pid <> pg_backend_pid() and state <> 'idle'"
-            )
-        ).scalar_one()
-    engine.dispose()
-    return int(n)
 
 
 def test_64_listeners_pin_no_connection_and_do_not_slow_predict(
