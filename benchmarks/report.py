@@ -163,6 +163,25 @@ def _long_stream(out: list[str], folder: Path) -> None:
         for key, p in pairs.items():
             a, b = key.split(" vs ")
             out.append(f"| {a} | {b} | {len(p['seeds'])} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} |")
+    sigs = folder / "long-stream-signatures.json"
+    rows = json.loads(sigs.read_text()).get("placement") if sigs.exists() else None
+    if rows:
+        out += [
+            "",
+            "Placement at scale on the stream's real signatures (`python -m benchmarks.long_stream signatures`): "
+            "task N placed among the N-1 before it by flat search (vectorised) and by the paper's LCB search on "
+            "its layer-wise K-D tree:",
+            "",
+            "| N | flat comparisons | tree comparisons | flat us | tree us | same family: flat / tree |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            if r["n"] % 5 == 0:
+                fam = "-" if r["flat_same_family"] is None else f"{r['flat_same_family']} / {r['tree_same_family']}"
+                out.append(
+                    f"| {r['n']} | {r['flat_comparisons']} | {r['tree_comparisons']} | {r['flat_us']} | "
+                    f"{r['tree_us']} | {fam} |"
+                )
     out += ["", "![long stream](benchmarks/long-stream.png)", ""]
     notes = folder / "long-notes.md"
     if notes.exists():
