@@ -6,11 +6,24 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    select,
+)
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from .enums import JobState, TaskState
@@ -59,6 +72,9 @@ class Stream(Base):
     __tablename__ = "streams"
     # names are unique per owner: a key never learns from a 409 that another key named a stream so
     __table_args__ = (UniqueConstraint("owner", "name"),)
+    if TYPE_CHECKING:  # read-only counts, mapped below `Task` (`_task_count`)
+        tasks_learned: int
+        tasks_pending: int
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
     # the id of the key that created it, or ADMIN_OWNER; no foreign key: keys are never deleted
@@ -88,6 +104,20 @@ class Task(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=now)
     retired_at: Mapped[datetime | None]  # retired from serving: stays in the tree and in R
+
+
+def _task_count(state: TaskState) -> Any:
+    """Tasks of the stream in `state`, read with the stream's row (one subquery, no extra round trip)."""
+    return column_property(
+        select(func.count(Task.id))
+        .where(Task.stream_id == Stream.id, Task.status == state)
+        .correlate_except(Task)
+        .scalar_subquery()
+    )
+
+
+Stream.tasks_learned = _task_count(TaskState.LEARNED)  # type: ignore[misc]
+Stream.tasks_pending = _task_count(TaskState.PENDING)  # type: ignore[misc]
 
 
 class Job(Base):

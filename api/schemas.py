@@ -131,6 +131,8 @@ class StreamOut(BaseModel):
     strategy: str
     config: dict[str, Any]
     tree_version: int
+    tasks_learned: int = Field(description="tasks in the tree (retired ones included)")
+    tasks_pending: int = Field(description="tasks whose job has not finished")
     active_job_id: str | None
     created_at: datetime
 

@@ -36,6 +36,8 @@ class Stream(Model):
     strategy: str
     config: dict[str, Any]
     tree_version: int  # each learned task commits one version
+    tasks_learned: int = 0  # tasks in the tree (retired ones included)
+    tasks_pending: int = 0  # tasks whose job has not finished
     active_job_id: str | None = None  # the job holding the stream's training lock
     created_at: datetime
 

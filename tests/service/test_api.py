@@ -19,6 +19,7 @@ def test_streams_create_get_and_paginate(client: TestClient) -> None:
     made = [client.post("/v1/streams", json={"name": f"s{i}", "train": {"epochs": 1}}).json() for i in range(3)]
     assert made[0]["strategy"] == "treelora" and made[0]["config"]["train"]["epochs"] == 1
     assert made[0]["tree_version"] == 0 and made[0]["base_model"] == "smollm2-135m-instruct"
+    assert (made[0]["tasks_learned"], made[0]["tasks_pending"]) == (0, 0)
     assert client.get(f"/v1/streams/{made[1]['id']}").json()["name"] == "s1"
     assert client.get("/v1/streams/s2").json()["id"] == made[2]["id"]  # by name too
     first = client.get("/v1/streams?limit=2").json()

@@ -41,6 +41,8 @@ def test_jobs_commit_versions_in_order_and_rerun_is_a_no_op(wclient: TestClient,
     make_stream(wclient)
     j1 = submit(wclient, "apples")
     j2 = submit(wclient, "pears", [{**r, "completion": "pear"} for r in ROWS])
+    counts = wclient.get("/v1/streams/s").json()
+    assert (counts["tasks_learned"], counts["tasks_pending"]) == (0, 2)
     assert run_job(j2["id"], wsettings) == "wait"  # the earlier job of the stream goes first
     assert run_job(j1["id"], wsettings) == "done"
     assert run_job(j2["id"], wsettings) == "done"
@@ -50,6 +52,8 @@ def test_jobs_commit_versions_in_order_and_rerun_is_a_no_op(wclient: TestClient,
     assert [j["result_version"] for j in jobs] == [1, 2] and jobs[0]["attempt"] == 1
     assert jobs[1]["report"]["placement"]["relative"] == "apples"
     assert stream_row(wsettings).tree_version == 2 and stream_row(wsettings).active_job_id is None
+    listed = wclient.get("/v1/streams").json()["data"][0]
+    assert (listed["tasks_learned"], listed["tasks_pending"]) == (2, 0)  # counted per stream in the list too
     ev = wclient.get("/v1/streams/s/evaluations").json()
     assert ev["tasks"] == ["apples", "pears"] and ev["R"][0][1] is None and len(ev["R"]) == 2
     assert ev["R"][1][0] == ev["R"][0][0]  # the first task's path never changed: no forgetting
