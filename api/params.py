@@ -4,7 +4,7 @@ the database."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Header, Path, Query
 
@@ -22,6 +22,10 @@ Cursor = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="the last id of the previous page: the page after it")
 ]
 Limit = Annotated[int, Query(ge=1, le=100)]
+Order = Annotated[
+    Literal["asc", "desc"],
+    Query(description="by creation: oldest first (asc) or newest first (desc); `after` follows it"),
+]
 EventCursor = Annotated[int | None, Query(ge=0, le=MAX_ROW_ID, description="the events after this event id")]
 LastEventId = Annotated[int | None, Header(ge=0, le=MAX_ROW_ID, description="SSE: resume after this event id")]
 StreamFilter = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64, description="a stream's id or name")]

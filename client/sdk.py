@@ -337,9 +337,12 @@ class Jobs(_Resource):
         state: str | None = None,
         after: str | None = None,
         limit: int | None = None,
+        order: str | None = None,
     ) -> Page[Job]:
-        """`stream_id`: a stream's id (not its name)."""
-        return self._client._get("/v1/jobs", Page[Job], stream_id=stream_id, state=state, after=after, limit=limit)
+        """`stream_id`: a stream's id or name; `order`: "asc" (oldest first, the default) or "desc"."""
+        return self._client._get(
+            "/v1/jobs", Page[Job], stream_id=stream_id, state=state, after=after, limit=limit, order=order
+        )
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once, a running one within a heartbeat; a finished job is

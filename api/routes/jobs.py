@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 from ..auth import CallerDep
 from ..deps import SessionDep
 from ..live import LiveEvents
-from ..params import Cursor, EventCursor, JobId, LastEventId, Limit, StateFilter, StreamFilter
+from ..params import Cursor, EventCursor, JobId, LastEventId, Limit, Order, StateFilter, StreamFilter
 from ..schemas import EventOut, JobOut, Page, errors
 from ..services import jobs
 
@@ -23,9 +23,16 @@ def list_jobs(
     state: StateFilter = None,
     after: Cursor = None,
     limit: Limit = 20,
+    order: Order = "asc",
 ) -> Page[JobOut]:
     rows, more = jobs.list_jobs(
-        session=session, caller=caller, stream_id=stream_id, state=state, after=after, limit=limit
+        session=session,
+        caller=caller,
+        stream_id=stream_id,
+        state=state,
+        after=after,
+        limit=limit,
+        newest_first=order == "desc",
     )
     return Page(data=[JobOut.of(r) for r in rows], has_more=more)
 

@@ -33,11 +33,14 @@ def check_name(value: Any, param: str = "name", reserved: tuple[str, ...] = ()) 
     return value
 
 
-def page(session: Session, query: Select[Any], id_col: Any, *, after: Any, limit: int) -> tuple[list[Any], bool]:
-    """Rows after the cursor `after` (an id), in id order: (rows, has_more)."""
+def page(
+    session: Session, query: Select[Any], id_col: Any, *, after: Any, limit: int, newest_first: bool = False
+) -> tuple[list[Any], bool]:
+    """Rows after the cursor `after` (an id), in id order (ids are time-ordered, so oldest first;
+    `newest_first`: the reverse, and "after" means older): (rows, has_more)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise Invalid(f"limit must be between 1 and {MAX_LIMIT}", param="limit")
     if after is not None:
-        query = query.where(id_col > after)
-    rows = list(session.scalars(query.order_by(id_col).limit(limit + 1)))
+        query = query.where(id_col < after if newest_first else id_col > after)
+    rows = list(session.scalars(query.order_by(id_col.desc() if newest_first else id_col).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

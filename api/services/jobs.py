@@ -26,9 +26,17 @@ def get_job(*, session: Session, job_id: str, caller: Caller) -> Job:
 
 
 def list_jobs(
-    *, session: Session, caller: Caller, stream_id: str | None, state: str | None, after: str | None, limit: int
+    *,
+    session: Session,
+    caller: Caller,
+    stream_id: str | None,
+    state: str | None,
+    after: str | None,
+    limit: int,
+    newest_first: bool = False,
 ) -> tuple[list[Job], bool]:
-    """The jobs of the streams `caller` sees (the admin: all), of one stream when given."""
+    """The jobs of the streams `caller` sees (the admin: all), of one stream when given, oldest
+    first (or newest first)."""
     q = owned(select(Job).join(Stream, Stream.id == Job.stream_id), caller)
     if stream_id is not None:
         q = q.where(Job.stream_id == get_stream(session=session, stream_id=stream_id, caller=caller).id)
@@ -36,7 +44,7 @@ def list_jobs(
         if state not in set(JobState):
             raise Invalid(f"unknown state {state!r}; one of {', '.join(JobState)}", param="state")
         q = q.where(Job.state == state)
-    return page(session, q, Job.id, after=after, limit=limit)
+    return page(session, q, Job.id, after=after, limit=limit, newest_first=newest_first)
 
 
 def list_events(

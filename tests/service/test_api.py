@@ -47,8 +47,14 @@ def test_submit_task_stores_splits_and_queues_a_job(client: TestClient, settings
     assert [j["id"] for j in listed] == [job["id"]]
     assert client.get("/v1/streams/s/tasks/classes").json()["id"] == task["id"]
     # same bytes again under another name: the store keeps one copy
-    client.post("/v1/streams/s/tasks", files={"file": ("t.jsonl", jsonl(ROWS), "x")}, data={"name": "again"})
+    again = client.post("/v1/streams/s/tasks", files={"file": ("t.jsonl", jsonl(ROWS), "x")}, data={"name": "again"})
     assert len(s3_keys(settings)) == 2
+    # newest first on request, and its cursor pages towards older jobs
+    newest = client.get("/v1/jobs?stream_id=s&order=desc&limit=1").json()
+    assert [j["id"] for j in newest["data"]] == [again.json()["job"]["id"]] and newest["has_more"]
+    older = client.get(f"/v1/jobs?stream_id=s&order=desc&after={newest['data'][0]['id']}").json()
+    assert [j["id"] for j in older["data"]] == [job["id"]] and not older["has_more"]
+    assert [j["id"] for j in client.get("/v1/jobs?stream_id=s").json()["data"]] == [job["id"], newest["data"][0]["id"]]
 
 
 def test_cancel_a_queued_job_and_follow_its_events(client: TestClient) -> None:

@@ -222,6 +222,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str | None, int | Non
     ("malformed job id", "GET", "/v1/jobs/job_nope", {}, 422, "invalid", "job_id", None),
     ("limit out of range", "GET", "/v1/streams?limit=0", {}, 422, "invalid", "limit", None),
     ("unknown job state filter", "GET", "/v1/jobs?state=exploded", {}, 422, "invalid", "state", None),
+    ("unknown job order", "GET", "/v1/jobs?order=sideways", {}, 422, "invalid", "order", None),
     (
         "predict before any task",
         "POST",
