@@ -22,6 +22,15 @@ from .claimed import ClaimedJob
 
 log = logging.getLogger(__name__)
 EPOCH_EVENT_S = 10.0  # at most one `epoch.validated` row per this many seconds, plus the last epoch's
+STEP_POINTS = 64  # per-step training losses an `epoch.validated` event carries at most
+
+
+def thin(points: list[list[float]], most: int) -> list[list[float]]:
+    """At most `most` of the points, evenly spaced, always keeping the first and the last."""
+    if len(points) <= most:
+        return list(points)
+    idx = sorted({round(k * (len(points) - 1) / (most - 1)) for k in range(most)})
+    return [points[i] for i in idx]
 
 
 class Heartbeat:
@@ -36,6 +45,7 @@ class Heartbeat:
         self._held: dict[str, Any] | None = None  # the latest epoch not written (throttled)
         self._progress: dict[str, Any] | None = None
         self._losses: list[float] = []  # this epoch's training losses, for its `epoch.validated` event
+        self._steps: list[list[float]] = []  # [step, loss] since the last written epoch event
         self._state: JobState | None = None
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
@@ -49,11 +59,16 @@ class Heartbeat:
             self._phase_event(ev.get("phase"))
             if ev.get("phase") == Phase.TRAIN and isinstance(ev.get("loss"), float):
                 self._losses.append(ev["loss"])
+                if isinstance(ev.get("step"), int):
+                    self._steps.append([ev["step"], round(ev["loss"], 4)])
             if ev.get("phase") == Phase.VALIDATE:
                 data = dict(self._progress)
                 if self._losses:  # the epoch's mean training loss beside its validation loss
                     data["train_loss"] = round(sum(self._losses) / len(self._losses), 4)
                     self._losses = []
+                # the per-step losses since the last written epoch event (a throttled epoch's
+                # steps ride on the next one), thinned to at most STEP_POINTS
+                data["train_steps"] = thin(self._steps, STEP_POINTS)
                 self._epoch_event(data)
 
     def event(self, type_: str, data: dict[str, Any]) -> None:
@@ -81,7 +96,7 @@ class Heartbeat:
     def _epoch_event(self, data: dict[str, Any]) -> None:
         t = time.monotonic()
         if t - self._epoch_at >= EPOCH_EVENT_S:
-            self._epoch_at, self._held = t, None
+            self._epoch_at, self._held, self._steps = t, None, []
             self._events.append(("epoch.validated", data))
         else:
             self._held = data  # written if no later epoch is, when training ends
@@ -89,7 +104,7 @@ class Heartbeat:
     def _release_epoch(self) -> None:
         if self._held is not None:
             self._events.append(("epoch.validated", self._held))
-            self._held = None
+            self._held, self._steps = None, []
 
     # -- the thread -----------------------------------------------------------------------------
     def start(self) -> None:

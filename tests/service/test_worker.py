@@ -5,6 +5,7 @@ Celery worker killed mid-training is in test_faults.py)."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import timedelta
@@ -19,7 +20,7 @@ from api.errors import Conflict
 from api.models import Job, JobEvent, Stream, TreeVersion, now
 from api.services import runs
 from api.settings import Settings
-from worker.heartbeat import EPOCH_EVENT_S
+from worker.heartbeat import EPOCH_EVENT_S, thin
 from worker.runner import run_job
 
 from .conftest import ROWS, make_stream, submit
@@ -204,8 +205,20 @@ def test_event_rows_are_throttled_and_progress_stays_live(wclient: TestClient, w
     epochs = [e.data["epoch"] for e in rows if e.type == "epoch.validated"]
     assert 1 <= len(epochs) <= 2 + took / EPOCH_EVENT_S and len(epochs) < 20  # not one row per epoch
     assert epochs[0] == 0 and epochs[-1] == 19  # the first and the last epoch are kept
+    # every training step's loss is on record: a throttled epoch's steps ride on the next event
+    steps = [pt for e in rows if e.type == "epoch.validated" for pt in e.data["train_steps"]]
+    assert len(steps) == 20 and [s for s, _ in steps] == sorted(s for s, _ in steps)
+    assert all(math.isfinite(loss) for _, loss in steps)
     phases = [e.data["phase"] for e in rows if e.type == "job.phase"]
     assert phases == ["train", "evaluating", "committing"]
     types = [e.type for e in rows]
     assert types[:2] == ["job.queued", "job.started"] and types[-1] == "job.succeeded"
     assert len(rows) <= 10 + took / EPOCH_EVENT_S
+
+
+def test_thin_keeps_the_ends_and_at_most_the_asked_points() -> None:
+    pts = [[i, float(i)] for i in range(1, 501)]
+    out = thin(pts, 64)
+    assert len(out) == 64 and out[0] == [1, 1.0] and out[-1] == [500, 500.0]
+    assert [p[0] for p in out] == sorted({p[0] for p in out})  # in order, no repeats
+    assert thin(pts[:10], 64) == pts[:10]

@@ -248,13 +248,14 @@ async function loadLosses(id) {
   const L = jobLosses(id);
   if (L.loaded) return L;
   let after = null;
-  const epochTrain = [], val = [];
+  const epochTrain = [], val = [], steps = [];
   for (let i = 0; i < 50; i++) {
     const page = await api("GET", `/v1/jobs/${id}/events?limit=100${after !== null ? "&after=" + after : ""}`);
     for (const ev of page.data) {
       if (ev.type === "epoch.validated") {
         if (ev.data.val_loss != null) val.push([ev.data.step, ev.data.val_loss]);
         if (ev.data.train_loss !== undefined) epochTrain.push([ev.data.step, ev.data.train_loss]);
+        if (Array.isArray(ev.data.train_steps)) steps.push(...ev.data.train_steps);
       }
       after = ev.id;
     }
@@ -262,6 +263,7 @@ async function loadLosses(id) {
   }
   L.epochTrain = epochTrain;
   L.val = val;
+  if (steps.length > L.live.length) L.live = steps; // the recorded per-step history, if the page saw less of it live
   L.loaded = true;
   return L;
 }
