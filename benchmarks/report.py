@@ -110,6 +110,13 @@ def _section(out: list[str], folder: Path, title: str, command: str, filename: s
     return json.loads(path.read_text())
 
 
+def _tree_columns(tree: dict[str, Any] | None) -> str:
+    """A long-stream row's tree cells: ARI against the families | shared blocks within / across."""
+    if tree is None:
+        return "- | -"
+    return f"{tree['ari']} | {tree['shared_depth_within']} / {tree['shared_depth_across']}"
+
+
 LONG_CMD = "python -m benchmarks.long_stream run --seeds 0 && python -m benchmarks.long_stream aggregate"
 
 
@@ -139,16 +146,13 @@ def _long_stream(out: list[str], folder: Path) -> None:
         def mean(f: Any, runs: list[dict[str, Any]] = runs) -> float:
             return float(sum(f(r) for r in runs) / len(runs))
 
-        tree = runs[0]["tree"]
         ra = runs[0]["final_routing_accuracy"]
-        depths = "-" if tree is None else f"{tree['shared_depth_within']} / {tree['shared_depth_across']}"
         out.append(
             f"| {m} | {', '.join(by_seed)} | {mean(lambda r: r['op']):.1f} | {mean(lambda r: r['op_task_id']):.1f} | "
             f"{mean(lambda r: r['forgetting']):.1f} | {mean(lambda r: sum(r['seconds'][:5]) / 5):.0f} | "
             f"{mean(lambda r: sum(r['seconds'][-5:]) / 5):.0f} | {mean(lambda r: r['stored_bytes'][-1]) / 1e6:.1f} | "
             f"{mean(lambda r: r['comparisons'][-1]):.0f} | {'-' if ra is None else f'{ra:.1f}'} | "
-            f"{'-' if tree is None else tree['ari']} | "
-            f"{depths} |"
+            f"{_tree_columns(runs[0]['tree'])} |"
         )
     pairs = data.get("pairs", {})
     if pairs:
@@ -256,14 +260,11 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
                 continue
             runs = list(by_seed.values())
             vs, verdict = _against_treelora(data.get("pairs", {}).get(f"treelora vs {m}"))
-            tree = runs[0]["tree"]
-            shared = "-" if tree is None else f"{tree['shared_depth_within']} / {tree['shared_depth_across']}"
             out.append(
                 f"| {m} | {', '.join(by_seed)} | {sum(r['op'] for r in runs) / len(runs):.1f} | "
                 f"{sum(r['forgetting'] for r in runs) / len(runs):.1f} | "
                 f"{sum(sum(r['seconds']) / len(r['seconds']) for r in runs) / len(runs):.0f} | {vs} | {verdict} | "
-                f"{'-' if tree is None else tree['ari']} | "
-                f"{shared} |"
+                f"{_tree_columns(runs[0]['tree'])} |"
             )
     notes = folder / "search-notes.md"
     out += ["", notes.read_text() if notes.exists() else "", ""]
