@@ -11,14 +11,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis
 from openai import OpenAI
 
-from api.migrate import upgrade
 from treelora_core.data import load_wordnet
 
-from .conftest import fresh_database, task_files
-from .procs import Proc, free_port, wait_jobs, wait_ready
+from .conftest import task_files
+from .procs import Service, production_env, wait_jobs
 
 pytestmark = pytest.mark.slow
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 8}
@@ -33,42 +31,20 @@ def service(
 ) -> Iterator[tuple[OpenAI, list[Any]]]:
     tasks = load_wordnet(n_tasks=2, n_train=16, n_test=6, seed=5)  # small: the stream is only served here
     tmp = tmp_path_factory.mktemp("openai-service")
-    db = fresh_database(pg_server_url)
-    upgrade(db)
-    broker = redis_url.rsplit("/", 1)[0] + "/4"
-    redis.Redis.from_url(broker).flushdb()
-    env = {
-        "TREELORA_DATA_DIR": str(tmp),
-        "TREELORA_DATABASE_URL": db,
-        "TREELORA_BROKER_URL": broker,
-        "TREELORA_STORE": "s3",
-        "TREELORA_S3_PREFIX": f"openai-{tmp.name}/",
-        "TREELORA_MAX_EVAL_EXAMPLES": "4",
-        **{f"TREELORA_{k.upper()}": v for k, v in s3_env.items()},
-    }
-    port = free_port()
-    api = Proc(["-m", "uvicorn", "api.main:app", "--port", str(port)], env, tmp / "api.log")
-    worker = Proc(
-        ["-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "-c", "1", "--loglevel", "INFO"],
-        env,
-        tmp / "worker.log",
+    env, _ = production_env(
+        pg_server_url=pg_server_url, redis_url=redis_url, broker_db=4, s3_env=s3_env, data_dir=tmp, max_eval_examples=4
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/readyz", api)
-        resp = httpx.post(f"{base}/v1/streams", json={"name": "wn", "train": {"epochs": 1, "max_length": 96}})
+    with Service(env, tmp) as svc:
+        resp = httpx.post(f"{svc.base}/v1/streams", json={"name": "wn", "train": {"epochs": 1, "max_length": 96}})
         assert resp.status_code == 201, resp.text
         jobs = []
         for i, task in enumerate(tasks):
-            resp = httpx.post(f"{base}/v1/streams/wn/tasks", files=task_files(task), data={"name": f"wn{i}"})
+            resp = httpx.post(f"{svc.base}/v1/streams/wn/tasks", files=task_files(task), data={"name": f"wn{i}"})
             assert resp.status_code == 202, resp.text
             jobs.append(resp.json()["job"]["id"])
-        done = wait_jobs(base, jobs, [api, worker])
+        done = wait_jobs(svc.base, jobs, svc.procs)
         assert [j["state"] for j in done] == ["succeeded"] * 2, [j.get("error") for j in done]
-        yield OpenAI(base_url=f"{base}/v1", api_key="x", timeout=600, max_retries=0), tasks
-    finally:
-        api.stop()
-        worker.stop()
+        yield OpenAI(base_url=f"{svc.base}/v1", api_key="x", timeout=600, max_retries=0), tasks
 
 
 def streamed_text(stream: Any, chat: bool) -> tuple[str, list[Any]]:
