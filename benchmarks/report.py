@@ -19,6 +19,13 @@ HEAD = (
 REF = "per_task_lora@task_id"  # the time reference: an independent LoRA per task, all blocks
 
 
+def _notes(out: list[str], folder: Path, name: str) -> None:
+    """Append a hand-written notes file of the folder, where there is one."""
+    path = folder / name
+    if path.exists():
+        out.append(path.read_text())
+
+
 def _ci(v: float, ci: list[float] | None, fmt: str = ".1f") -> str:
     return f"{v:{fmt}}" if not ci else f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
@@ -187,9 +194,7 @@ def _long_stream(out: list[str], folder: Path) -> None:
                     f"{r['tree_us']} | {fam} |"
                 )
     out += ["", "![long stream](benchmarks/long-stream.png)", ""]
-    notes = folder / "long-notes.md"
-    if notes.exists():
-        out += [notes.read_text()]
+    _notes(out, folder, "long-notes.md")
 
 
 SEARCH_ROWS = (
@@ -266,8 +271,9 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
                 f"{sum(sum(r['seconds']) / len(r['seconds']) for r in runs) / len(runs):.0f} | {vs} | {verdict} | "
                 f"{_tree_columns(runs[0]['tree'])} |"
             )
-    notes = folder / "search-notes.md"
-    out += ["", notes.read_text() if notes.exists() else "", ""]
+    out.append("")
+    _notes(out, folder, "search-notes.md")
+    out.append("")
 
 
 SERVING_CMD = "python -m benchmarks.serving"
@@ -319,9 +325,7 @@ def _serving(out: list[str], folder: Path) -> None:
             "",
         ]
     out += ["![serving](benchmarks/serving.png)", ""]
-    notes = folder / "serving-notes.md"
-    if notes.exists():
-        out += [notes.read_text()]
+    _notes(out, folder, "serving-notes.md")
 
 
 ROUTING_CMD = "python -m benchmarks.routing --trace-root ../shared/data/trace-500"
@@ -394,9 +398,7 @@ def _routing(out: list[str], folder: Path) -> None:
                 f"| {_pct(a['low_confidence_right'])} | {_pct(a['low_confidence_wrong'])} | {a['threshold']:.3f} |"
             )
     out += ["", "![routing reliability](benchmarks/routing-reliability.png)", ""]
-    notes = folder / "routing-notes.md"
-    if notes.exists():
-        out += [notes.read_text()]
+    _notes(out, folder, "routing-notes.md")
 
 
 def render(folder: Path, suffix: str = "") -> str:
@@ -444,9 +446,7 @@ def render(folder: Path, suffix: str = "") -> str:
                 f"{r['comparison_ratio']} | {r['tree_ms']} | {r['flat_ms']} | {r['exact_nearest_pct']} |"
             )
         out.append("")
-    notes = folder / "notes.md"
-    if notes.exists():
-        out += [notes.read_text()]
+    _notes(out, folder, "notes.md")
     _serving(out, folder)
     _routing(out, folder)
     return "\n".join(out) + "\n"
