@@ -114,7 +114,11 @@ def wait_jobs(base: str, job_ids: list[str], procs: list[Proc], timeout: float =
 
 def env_of(**settings: Any) -> dict[str, str]:
     """The `TREELORA_*` variables that make a service process read these settings."""
-    return {f"TREELORA_{k.upper()}": str(v) for k, v in settings.items() if v is not None}
+
+    def text(v: Any) -> str:  # lists (cors_origins) as the comma-separated form the setting reads
+        return ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
+    return {f"TREELORA_{k.upper()}": text(v) for k, v in settings.items() if v is not None}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
