@@ -251,7 +251,7 @@ def test_a_postgres_restart_gives_clean_503s_and_the_job_ends_once(
         Service(settings_env(settings), tmp_path, wait_workers=True) as svc,
         httpx.Client(base_url=svc.base, timeout=60) as c,
     ):
-        make_stream(c, epochs=3, patience=0, batch_size=8)
+        make_stream(c, **LONG)  # long enough that a heartbeat shows it training (3 epochs can end between two)
         job_id = submit(c, "first")["id"]
         wait_for(lambda: training(settings.db_url, job_id), 600, "the job never started training")
         hammer = threading.Thread(target=clients, args=(svc.base,))
