@@ -173,3 +173,16 @@ class ModelOut(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelOut]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, permission_error or server_error")
+    param: str | None = Field(description="the field or parameter at fault, when one is")
+    code: str = Field(description="the service's code for the error: not_found, invalid, unauthorized, ...")
+
+
+class OpenAIErrorOut(BaseModel):
+    """OpenAI's error shape, with the service's status codes."""
+
+    error: OpenAIErrorDetail

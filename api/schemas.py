@@ -54,11 +54,12 @@ ERRORS = {
 }
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for these error statuses, all in the one error shape."""
+def errors(*statuses: int, shape: type[BaseModel] = ErrorOut) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for these error statuses, all in one error shape (the
+    service's, or OpenAI's on its routes)."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        entry: dict[str, Any] = {"model": ErrorOut, "description": ERRORS[status]}
+        entry: dict[str, Any] = {"model": shape, "description": ERRORS[status]}
         if status == 401:
             entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
         if status == 405:

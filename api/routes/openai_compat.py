@@ -14,14 +14,16 @@ from ..auth import CallerDep
 from ..deps import InferenceDep, SessionDep, SettingsDep
 from ..inference import Inference
 from ..openai_format import Call
-from ..openai_schemas import ChatIn, ChatOut, CompletionIn, CompletionOut, ModelList, ModelOut
+from ..openai_schemas import ChatIn, ChatOut, CompletionIn, CompletionOut, ModelList, ModelOut, OpenAIErrorOut
+from ..schemas import errors
 from ..services import catalog
 from ..services.owners import Caller
 from ..streaming import SSE_HEADERS
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(401, 422, 503, shape=OpenAIErrorOut))
 STREAMED: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {}}, "description": "with stream: true, OpenAI's chunks"}
+    200: {"content": {"text/event-stream": {}}, "description": "with stream: true, OpenAI's chunks"},
+    **errors(400, 404, 409, 410, 413, shape=OpenAIErrorOut),
 }
 
 
@@ -31,7 +33,7 @@ def list_models(session: SessionDep, caller: CallerDep) -> dict[str, Any]:
     return {"object": "list", "data": catalog.list_models(session=session, caller=caller)}
 
 
-@router.get("/models/{model}", response_model=ModelOut)
+@router.get("/models/{model}", response_model=ModelOut, responses=errors(404, shape=OpenAIErrorOut))
 def get_model(model: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
     return catalog.get_model(session=session, caller=caller, model=model)
 

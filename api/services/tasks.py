@@ -101,8 +101,8 @@ def submit_task(
         enqueue(settings, job.id)
         job.enqueued_at = job.created_at
         session.commit()
-    except Exception:  # the broker is down: the job stays queued and the sweeper sends it later
-        log.exception("could not enqueue %s; it will be sent again", job.id)
+    except Exception as exc:  # the broker is down: the job stays queued and the sweeper sends it later
+        log.warning("could not enqueue %s (%s: %s); the sweeper will send it again", job.id, type(exc).__name__, exc)
     return task, job
 
 

@@ -200,6 +200,9 @@ def test_a_redis_restart_during_a_job_loses_no_job(wsettings: Settings, own_redi
         sent = wait_for(sent_again, 60, f"the job was not sent again:\n{svc.workers[0].tail()}")
         assert sent.enqueued_at is not None and (sent.enqueued_at - back).total_seconds() < 30
         jobs = svc.wait_jobs([first, second], timeout=900)
+        api_log = svc.api.tail(10**7) if svc.api else ""
+    assert f"could not enqueue {second}" in api_log  # one line, not a traceback: the job is safe
+    assert "Traceback" not in api_log, api_log[-3000:]
     assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
     assert [j["result_version"] for j in jobs] == [1, 1]
     for job_id in (first, second):
