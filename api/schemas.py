@@ -273,7 +273,7 @@ class PredictIn(BaseModel):
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="makes sampling repeatable")
     ignore_eos: bool = Field(default=False, description="always generate max_new_tokens (load tests)")
-    routing: Routing | None = Field(default=None, description='for task "auto": flat prototypes or tree descent')
+    routing: Routing | None = Field(default=None, description='for task "auto": the best task (flat) or tree descent')
     min_confidence: Confidence = None
     stream: bool = Field(default=False, description="answer as server-sent events, token by token")
 

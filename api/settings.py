@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # Choices are checked when the settings are read, so a typo fails at start-up, not mid-request.
 Store = Literal["local", "s3"]  # a folder, or S3 (or any S3-compatible server)
 Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available
-Routing = Literal["flat", "tree"]  # task="auto": nearest prototype, or descend the tree
+Routing = Literal["flat", "tree"]  # task="auto": the router's best task, or descend the tree
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")  # a browser's Origin header
 MIN_ADMIN_KEY = 32
 

@@ -356,17 +356,23 @@ def _routing(out: list[str], folder: Path) -> None:
         "enough to rank right against wrong routes. Confidence figures are of flat routes: expected calibration "
         "error (ECE, 10 bins), AUROC of confidence for right against wrong routes, and the percentages of "
         "right and of wrong routes flagged `low_confidence` at the router's threshold. *Before*: the softmax "
-        "share the router gave until now, flagged below 0.5.",
+        "share of the prototype router, flagged below 0.5. `long` is the long stream's 20 tasks in 4 "
+        "families. The route view is the one of the three (prototypes, centroid, discriminant) that routed "
+        "the held-out prompts best; each view's own accuracy follows.",
         "",
-        "| stream | tasks | test prompts | flat % | tree % | wrong routes | ECE | AUROC | flagged right % "
+        "| stream | tasks | test prompts | route view | flat % | prototypes % | centroid % | discriminant % "
+        "| tree % | wrong routes | ECE | AUROC | flagged right % "
         "| flagged wrong % | threshold | before: ECE | before: AUROC | before: flagged right % "
         "| before: flagged wrong % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in r.items():
         b = v["before"]
+        by_view = v.get("flat_by_view", {})
+        views = " | ".join(str(by_view.get(n, "-")) for n in ("prototypes", "centroid", "discriminant"))
         out.append(
-            f"| {k} | {v['tasks']} | {v['test_prompts']} | {v['flat']} | {v['tree'] if v['tree'] is not None else '-'} "
+            f"| {k} | {v['tasks']} | {v['test_prompts']} | {v.get('route_view', '-')} | {v['flat']} | {views} "
+            f"| {v['tree'] if v['tree'] is not None else '-'} "
             f"| {v['wrong_routes']} | {_num(v['ece'])} | {_num(v['auroc'])} | {_pct(v['low_confidence_right'])} "
             f"| {_pct(v['low_confidence_wrong'])} | {v['threshold']:.3f} | {_num(b['ece'])} | {_num(b['auroc'])} "
             f"| {_pct(b['low_confidence_right'])} | {_pct(b['low_confidence_wrong'])} |"
@@ -385,17 +391,19 @@ def _routing(out: list[str], folder: Path) -> None:
         ),
         "",
         "Alternatives, on the same test prompts (calibrators fitted on the same held-out prompts, each with "
-        "the same threshold rule unless the row names a threshold; the last row is another router, one "
-        "prototype per task, calibrated the same way):",
+        "the same threshold rule unless the row names a threshold; `router_linear` is the router with its "
+        "optional linear head, `router_one_prototype` with one prototype per task, both calibrated the same "
+        "way; `nearest_examples` routes by the 10 nearest training prompts, uncalibrated):",
         "",
         "| stream | alternative | flat % | ECE | AUROC | flagged right % | flagged wrong % | threshold |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for k, v in r.items():
         for name, a in v.get("alternatives", {}).items():
+            threshold = f"{a['threshold']:.3f}" if "threshold" in a else "-"
             out.append(
-                f"| {k} | {name} | {a.get('flat', v['flat'])} | {_num(a['ece'])} | {_num(a['auroc'])} "
-                f"| {_pct(a['low_confidence_right'])} | {_pct(a['low_confidence_wrong'])} | {a['threshold']:.3f} |"
+                f"| {k} | {name} | {a.get('flat', v['flat'])} | {_num(a.get('ece'))} | {_num(a.get('auroc'))} "
+                f"| {_pct(a.get('low_confidence_right'))} | {_pct(a.get('low_confidence_wrong'))} | {threshold} |"
             )
     out += ["", "![routing reliability](benchmarks/routing-reliability.png)", ""]
     _notes(out, folder, "routing-notes.md")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from treelora_core.adapter_tree import AdapterTree
 from treelora_core.router import PrototypeRouter
@@ -75,28 +76,76 @@ def _shared_topics(seed: int, n: int) -> list[torch.Tensor]:
     return out
 
 
-def test_the_linear_head_routes_by_what_separates_tasks_and_survives_save_and_leave_out() -> None:
+def _accuracy(views: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((views.argmax(1) == labels).double().mean())
+
+
+def test_the_discriminant_routes_by_what_separates_tasks_task_by_task_and_survives_a_reload() -> None:
+    """Tasks that share large topic directions and differ along a small one: nearest prototypes
+    follow the topics, the linear discriminant (pooled within-task covariance) the difference; the
+    router picks it from its kept prompts. Its scatter, summed task by task, is the batch one."""
     train, test = _shared_topics(0, 128), _shared_topics(1, 200)
     labels = torch.cat([torch.full((len(x),), i) for i, x in enumerate(test)])
     x = torch.cat(test)
+    router = PrototypeRouter()
+    for i, t in enumerate(train):
+        router.add(f"t{i}", t)
+    views = router.views(x)
+    assert router.route_view == PrototypeRouter.DISCRIMINANT and router.head is None
+    assert _accuracy(views[PrototypeRouter.DISCRIMINANT], labels) > 0.95 > 0.8 > _accuracy(views[0], labels)
+    assert [n for n, _ in router.route(x)] == [f"t{int(k)}" for k in views[PrototypeRouter.DISCRIMINANT].argmax(1)]
+    # the scatter, summed task by task over the prompts a task does not keep for calibration
+    unit = [F.normalize(t, dim=-1).double() for t in train]
+    kept = [{tuple(h.float().tolist()) for h in router.heldout[f"t{i}"][0]} for i in range(len(train))]
+    fit = [u[torch.tensor([tuple(r.half().float().tolist()) not in kept[i] for r in u])] for i, u in enumerate(unit)]
+    assert [len(f) for f in fit] == [len(t) - len(router.heldout[f"t{i}"][0]) for i, t in enumerate(train)]
+    batch = sum((f - f.mean(0)).T @ (f - f.mean(0)) for f in fit)
+    assert router.scatter is not None and torch.allclose(router.scatter, batch, atol=1e-5)
+    loaded = PrototypeRouter()
+    loaded.load(router.names, router.state(), router.calibration_json())
+    assert loaded.route(x[:50]) == router.route(x[:50])
+    # saved before the discriminant existed (no means, no scatter, an older calibration): it
+    # routes as it did, by its prototypes
+    legacy = PrototypeRouter()
+    old = {k: v for k, v in router.state().items() if not k.startswith(("mean.", "scatter", "heldout_means"))}
+    legacy.load(router.names, old)
+    assert legacy.route_view == 0
+    assert [n for n, _ in legacy.route(x[:50])] == [f"t{int(k)}" for k in views[0][:50].argmax(1)]
 
-    def accuracy(router: PrototypeRouter) -> float:
-        picks = torch.tensor([int(name[1:]) for name, _ in router.route(x)])
-        return float((picks == labels).double().mean())
 
-    head, protos = PrototypeRouter(head=True), PrototypeRouter()
+def test_the_linear_head_survives_save_and_leave_out() -> None:
+    train, test = _shared_topics(0, 128), _shared_topics(1, 200)
+    labels = torch.cat([torch.full((len(x),), i) for i, x in enumerate(test)])
+    x = torch.cat(test)
+    head = PrototypeRouter(head=True)
     for i, t in enumerate(train):
         head.add(f"t{i}", t)
-        protos.add(f"t{i}", t)
-    assert head.head is not None and head.route_view == PrototypeRouter.LINEAR
-    assert protos.head is None and protos.route_view == 0
-    assert accuracy(head) > 0.95 > 0.8 > accuracy(protos)  # prototypes follow the shared topics
-    # saved and loaded: the same routes; saved without a head (older versions): prototypes route
+    assert head.head is not None and _accuracy(head.views(x)[PrototypeRouter.LINEAR], labels) > 0.95
+    # it routes only where it beats the best of the other views (here the discriminant) on the
+    # kept prompts by McNemar's margin; the routes follow whichever view routes
+    assert head.route_view == (PrototypeRouter.LINEAR if head.head_routes else PrototypeRouter.DISCRIMINANT)
+    assert [n for n, _ in head.route(x)] == [f"t{int(k)}" for k in head.views(x)[head.route_view].argmax(1)]
+    # saved and loaded: the same routes; saved without a head (older versions): no head
     loaded = PrototypeRouter(head=True)
     loaded.load(head.names, head.state(), head.calibration_json())
     assert loaded.route(x[:50]) == head.route(x[:50])
     legacy = PrototypeRouter(head=True)
     legacy.load(head.names, {k: v for k, v in head.state().items() if not k.startswith("head.")})
-    assert legacy.head is None and legacy.route_view == 0
-    # a router without a task keeps the head's other columns and never picks the left-out task
+    assert legacy.head is None
+    # a router without a task never picks the left-out task
     assert {name for name, _ in head.without({"t1"}).route(x)} == {"t0"}
+
+
+def test_a_calibration_saved_with_the_older_views_reads_them_by_name() -> None:
+    """Before the discriminant view, the head's view was number 2: a saved calibration's
+    features are read by the names it was saved with."""
+    router = PrototypeRouter(head=True)
+    for i, t in enumerate(_shared_topics(0, 64)):
+        router.add(f"t{i}", t)
+    saved = router.calibration_json()
+    assert saved is not None
+    old = {**saved, "views": ["prototypes", "centroid", "linear"], "features": [[0, "margin"], [2, "margin"]]}
+    again = PrototypeRouter(head=True)
+    again.load(router.names, router.state(), old)
+    assert again.calibrator is not None
+    assert again.calibrator.features == ((0, "margin"), (PrototypeRouter.LINEAR, "margin"))

@@ -1,7 +1,7 @@
 """Routing confidence as a calibrated probability that the route is right.
 
 A `Calibrator` reads a router's score matrices (one or more views of the same inputs x tasks,
-larger = more alike; the first is the one the router picks by) and the task each input was routed
+larger = more alike; one of them is the one the router picks by) and the task each input was routed
 to, and gives the probability that the route is right. It is fitted on held-out prompts whose
 task is known (a router cross-fits them: see `router.PrototypeRouter`), so nothing in it depends
 on how the scores were made: any router's scores can be calibrated.
@@ -11,7 +11,7 @@ Features of a row in a view, relative to the picked task p: its margin over the 
 second view may say), its own score s_p, its score above the row's mean, and the squares of the
 first two. A logistic regression (Platt scaling, with Platt's smoothed targets so that a few or no
 wrong routes give a finite fit) maps them to a probability. Which features it uses is chosen by
-cross-validated log loss among nested sets: the first view's margin alone, every view's margin,
+cross-validated log loss among nested sets: the routing view's margin alone, every view's margin,
 every view's first three, all five, keeping at least `EVENTS_PER_FEATURE` wrong routes (or right
 ones, if fewer) per feature. The reported figures (expected calibration error, AUROC)
 are those of the cross-validated predictions, so they are figures on prompts the calibrator was
@@ -55,10 +55,10 @@ def pick_features(scores: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def feature_sets(n_views: int, max_features: int | None = None) -> list[tuple[Feature, ...]]:
+def feature_sets(n_views: int, max_features: int | None = None, first: int = 0) -> list[tuple[Feature, ...]]:
     """The nested candidate feature sets, simplest first (see the module's note), of at most
-    `max_features` features (the first always stays)."""
-    out: list[tuple[Feature, ...]] = [((0, "margin"),)]
+    `max_features` features (the first, view `first`'s margin, always stays)."""
+    out: list[tuple[Feature, ...]] = [((first, "margin"),)]
     if n_views > 1:
         out.append(tuple((v, "margin") for v in range(n_views)))
     out.append(tuple((v, f) for v in range(n_views) for f in FEATURES[:3]))
@@ -153,17 +153,19 @@ class Calibrator:
         right: torch.Tensor,
         seed: int = 0,
         candidates: Sequence[tuple[Feature, ...]] | None = None,
+        first: int = 0,
     ) -> Calibrator:
         """Fit on held-out rows: score `views` (each (N, T)), the task each row was routed to
         (N,), whether that was its true task (N,). `candidates`: the feature sets to choose from
-        (default: `feature_sets`, as many features as the wrong routes allow)."""
+        (default: `feature_sets`, as many features as the wrong routes allow, the simplest being
+        the margin of view `first`: the one the routes were picked from)."""
         feats = view_features(views, picks)
         right = right.bool()
         n, wrong = len(right), int((~right).sum())
         if not 0 < wrong < n:
             candidates = [()]  # one kind only: a constant
         elif candidates is None:  # at least EVENTS_PER_FEATURE of the rarer outcome per feature
-            candidates = feature_sets(len(views), min(wrong, n - wrong) // EVENTS_PER_FEATURE)
+            candidates = feature_sets(len(views), min(wrong, n - wrong) // EVENTS_PER_FEATURE, first)
         folds = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % FOLDS
         best: tuple[float, tuple[Feature, ...], torch.Tensor] | None = None
         for names in candidates:

@@ -220,10 +220,11 @@ class ContinualLearner:
 
     def stored_bytes(self) -> int:
         """Everything kept to serve and continue the stream: the strategy's adapters and extra
-        tensors, plus the router's prototypes and head where inference needs a route (not its held-out
-        calibration prompts, at most `router.heldout_cap` float16 embeddings per task)."""
-        head = list(self.router.head.state().values()) if self.router.head is not None else []
-        router = sum(t.numel() * t.element_size() for t in self.router.protos + self.router.centroids + head)
+        tensors, plus what the router saves to serve (prototypes, centroids, means, the pooled scatter,
+        a head) where inference needs a route; not its held-out calibration prompts (at most
+        `router.heldout_cap` float16 embeddings per task), which only a refit reads."""
+        kept = {k: t for k, t in self.router.state().items() if not k.startswith("heldout")}
+        router = sum(t.numel() * t.element_size() for t in kept.values())
         return self.strategy.stored_bytes() + (router if self.strategy.needs_task_id else 0)
 
     # -- inference ------------------------------------------------------------------------------

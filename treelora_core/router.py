@@ -1,25 +1,37 @@
-"""Routing without a task id: a linear head and task prototypes in the frozen model's hidden space.
+"""Routing without a task id: task prototypes, centroids and a linear discriminant in the frozen
+model's hidden space.
 
 Each task keeps a few prototypes (k-means centroids of its training prompts' mean-pooled hidden
-states, L2-normalised) and up to `heldout` of those prompts' embeddings. With `head=True` (an
-option, off by default: see docs/benchmarks.md, Routing), once two tasks have kept prompts, a
-linear head (`linear_head.LinearHead`, softmax regression over all kept prompts,
-refitted when a task is added) is fitted; where it routes the kept prompts better than the
-prototypes do, out of fold and by a significant margin (`HEAD_MARGIN`), a request goes to the
-task with the largest logit. Otherwise
-(the default `head=False`, few or easy prompts, or a version saved without a head) it goes to
-the task of its most similar prototype.
+states, L2-normalised), the mean of those prompts, and up to `heldout` of their embeddings. The
+router also keeps one pooled within-task scatter matrix (the sum over tasks of each task's
+prompts' outer products about their own mean, over the prompts it does not keep for
+calibration), which a new task adds to: so the discriminant
+view, linear discriminant analysis with a shared covariance shrunk towards a scaled identity
+(by Ledoit and Wolf's estimate of the best amount, which needs one more running sum: each
+prompt's squared norm about its task's mean, squared), is updated task by task without the old
+tasks' prompts. It scores an input by the
+log-likelihood of each task's Gaussian, up to a constant: x P m - m P m / 2, with P the shrunk
+covariance's inverse. Where the tasks share large directions (a template, a topic) and differ
+along small ones, it weighs the small ones by how little they vary within a task, which nearest
+prototypes cannot (measured on the long stream of task families: docs/benchmarks.md, Routing).
+
+A request goes to the best task of the route view: the one of the three (prototypes, centroid,
+discriminant) that routes the kept prompts best, cross-fitted (ties go to the discriminant). With
+`head=True` (an option, off by default), once two tasks have kept prompts, a linear head
+(`linear_head.LinearHead`, softmax regression over all kept prompts, refitted when a task is
+added) is fitted; where it routes the kept prompts better than the route view does, out of fold
+and by a significant margin (`HEAD_MARGIN`), a request goes to the task with the largest logit.
 
 The confidence is a calibrated probability that the route is right (`calibration.Calibrator`),
 read from the views of the input: its per-task best prototype similarities, its similarity to
 each task's centroid (the mean of all its prompts: a second opinion that weighs what all of a
 task's prompts share, such as an instruction or a label list, over the topic of the nearest
-few) and the head's logits. It is refitted whenever a task is added, on the kept prompts,
-cross-fitted: each fold's prompts are scored against their own task's prototypes and centroid
-rebuilt without them and against the other tasks' (which never held them), and by a head
-fitted without their fold. A router with one task is always right (confidence 1); one saved
-before calibration existed falls back to a softmax over per-task best similarities at a fixed
-temperature.
+few), its discriminant scores and the head's logits. It is refitted whenever a task is added,
+on the kept prompts, cross-fitted: each fold's prompts are scored against their own task's
+prototypes, centroid and mean rebuilt without them and against the other tasks' (which never
+held them), and by a head fitted without their fold; the pooled scatter never holds them. A
+router with one task is always right (confidence 1); one saved before calibration existed falls
+back to a softmax over per-task best similarities at a fixed temperature.
 """
 
 from __future__ import annotations
@@ -72,8 +84,9 @@ def kmeans_batched(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> t
 
 
 class PrototypeRouter:
-    VIEWS = ("prototypes", "centroid", "linear")  # what `views` returns, in order (linear: with a head)
-    LINEAR = 2  # the view routes are picked from when the router has a linear head, else 0
+    VIEWS = ("prototypes", "centroid", "discriminant", "linear")  # what `views` returns (linear: with a head)
+    DISCRIMINANT = 2
+    LINEAR = 3  # the view routes are picked from when the router's linear head beats the others
 
     def __init__(
         self, per_task: int = 16, temperature: float = 0.02, heldout: int = 64, folds: int = 8, head: bool = False
@@ -88,9 +101,18 @@ class PrototypeRouter:
         self.names: list[str] = []
         self.protos: list[torch.Tensor] = []  # per task (k, C), unit rows
         self.centroids: list[torch.Tensor] = []  # per task (C,), unit
-        # per task: held-out prompts' embeddings (n, C) in float16, and their score in each view
-        # against their own task rebuilt without them (n, 2)
+        self.means: list[torch.Tensor] = []  # per task (C,): the mean of its unit embeddings
+        self.scatter: torch.Tensor | None = None  # (C, C) float64: pooled within-task scatter
+        self.scatter_n = 0  # prompts summed into it
+        self.scatter_q4 = 0.0  # the sum of those prompts' |x - task mean|^4 (Ledoit-Wolf)
+        self._precision: torch.Tensor | None = None  # cached inverse of the shrunk covariance
+        # per task: held-out prompts' embeddings (n, C) in float16, and their score in the
+        # prototype and centroid views against their own task rebuilt without them (n, 2)
         self.heldout: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per task: its mean rebuilt without each fold of its held-out prompts (folds, C), for
+        # their own score in the discriminant view (computed with the precision of the moment)
+        self.fold_means: dict[str, torch.Tensor] = {}
+        self.base_view = self.DISCRIMINANT  # the view of the three that routes the kept prompts best
         self.calibrator: Calibrator | None = None
 
     def add(self, name: str, embeddings: torch.Tensor) -> None:
@@ -98,43 +120,67 @@ class PrototypeRouter:
         some of them as cross-fitted held-out prompts, and refit the calibration."""
         x = F.normalize(embeddings.float(), dim=-1)
         cent = kmeans(x, self.per_task)
-        if name in self.names:
-            self.protos[self.names.index(name)] = cent
-            self.centroids[self.names.index(name)] = F.normalize(x.mean(0), dim=0)
+        mean = x.mean(0)
+        if name in self.names:  # its earlier prompts stay in the pooled scatter: one task's share
+            i = self.names.index(name)
+            self.protos[i], self.centroids[i], self.means[i] = cent, F.normalize(mean, dim=0), mean
         else:
             self.names.append(name)
             self.protos.append(cent)
-            self.centroids.append(F.normalize(x.mean(0), dim=0))
-        self.heldout.pop(name, None)
+            self.centroids.append(F.normalize(mean, dim=0))
+            self.means.append(mean)
         n, m = len(x), min(self.heldout_cap, len(x) // 2)
+        sub = torch.randperm(n, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))[:m]
+        # the pooled scatter takes the prompts the task does not keep for calibration, so that the
+        # kept ones are scored by a covariance that never held them (half the prompts estimate it
+        # as well as all of them: docs/benchmarks/routing-notes.md)
+        fit = torch.ones(n, dtype=torch.bool)
+        fit[sub] = False
+        centred = (x[fit] - x[fit].mean(0)).double()
+        scatter = centred.T @ centred + (self.scatter if self.scatter is not None else 0.0)
+        self.scatter = scatter.float().double()  # as saved (float32): a reloaded router refits alike
+        self.scatter_n += len(centred)
+        self.scatter_q4 += float(centred.pow(2).sum(1).pow(2).sum())
+        self._precision = None
+        self.heldout.pop(name, None)
+        self.fold_means.pop(name, None)
         if m:
-            sub = torch.randperm(n, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))[:m]
             held = x[sub].half()
             own = torch.empty(m, 2)
+            rest = []
             for fold in torch.arange(m).chunk(self.folds):
                 keep = torch.ones(n, dtype=torch.bool)
                 keep[sub[fold]] = False
                 h = F.normalize(held[fold].float(), dim=-1)
                 own[fold, 0] = (h @ kmeans_batched(x[keep], self.per_task).T).max(1).values
-                own[fold, 1] = h @ F.normalize(x[keep].mean(0), dim=0)
+                rest.append(x[keep].mean(0))
+                own[fold, 1] = h @ F.normalize(rest[-1], dim=0)
             self.heldout[name] = (held, own)
+            self.fold_means[name] = torch.stack(rest)
         self.calibrate()
 
     def heldout_views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every task's held-out prompts as score views (each (N, tasks), each row's own task
         scored as it was cross-fitted; the linear view out of fold), and their true task
         indices (N,)."""
-        rows: list[list[torch.Tensor]] = [[], []]
+        rows: list[list[torch.Tensor]] = [[], [], []]
         labels = []
         for i, name in enumerate(self.names):
             if name in self.heldout:
                 emb, own = self.heldout[name]
-                for v, s in enumerate(self.views(emb)[:2]):
-                    s[:, i] = own[:, v]
-                    rows[v].append(s)
+                views = self.views(emb)[:3]
+                for v in range(2):
+                    views[v][:, i] = own[:, v]
+                if name in self.fold_means:  # else (saved before the discriminant): its full mean
+                    rest = self.fold_means[name]
+                    folds = torch.arange(len(emb)).chunk(len(rest))
+                    fold = torch.cat([torch.full((len(f),), k) for k, f in enumerate(folds)])
+                    views[2][:, i] = self._discriminant(emb, rest)[torch.arange(len(emb)), fold]
+                for v in range(3):
+                    rows[v].append(views[v])
                 labels.append(torch.full((len(emb),), i))
         if not labels:
-            return [torch.empty(0, len(self.names))] * 2, torch.empty(0, dtype=torch.long)
+            return [torch.empty(0, len(self.names))] * 3, torch.empty(0, dtype=torch.long)
         views = [torch.cat(r) for r in rows]
         if self._head_oof is not None and len(self._head_oof) == len(views[0]):
             views.append(self._head_oof)
@@ -165,18 +211,20 @@ class PrototypeRouter:
         if len(self.names) < 2 or not len(labels):
             self.calibrator = None
             return
-        if len(views) > self.LINEAR:  # route by the head only where it beats the prototypes out of fold
-            proto, head = (views[v].argmax(1) == labels for v in (0, self.LINEAR))
-            wins, losses = int((head & ~proto).sum()), int((proto & ~head).sum())
+        right = [int((views[v].argmax(1) == labels).sum()) for v in range(3)]
+        self.base_view = max(range(3), key=lambda v: (right[v], v == self.DISCRIMINANT))
+        if len(views) > self.LINEAR:  # route by the head only where it beats the base view out of fold
+            base, head = (views[v].argmax(1) == labels for v in (self.base_view, self.LINEAR))
+            wins, losses = int((head & ~base).sum()), int((base & ~head).sum())
             self.head_routes = wins - losses > HEAD_MARGIN * math.sqrt(wins + losses)  # McNemar, one-sided
         picks = views[self.route_view].argmax(1)
-        self.calibrator = Calibrator.fit(views, picks, picks == labels)
+        self.calibrator = Calibrator.fit(views, picks, picks == labels, first=self.route_view)
 
     @property
     def route_view(self) -> int:
         """The index in `views` that routes are picked from: the linear head's when it has one that
-        routed the held-out prompts better than the prototypes, else the prototypes'."""
-        return self.LINEAR if self.head_routes and self._head_columns() is not None else 0
+        routed the held-out prompts better than the base view, else the base view's."""
+        return self.LINEAR if self.head_routes and self._head_columns() is not None else self.base_view
 
     def _head_columns(self) -> list[int] | None:
         if self.head is None or any(n not in self.head_names for n in self.names):
@@ -184,9 +232,9 @@ class PrototypeRouter:
         return [self.head_names.index(n) for n in self.names]
 
     def views(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
-        """The score views the calibration reads (`VIEWS`): `scores`, `centroid_scores` and,
-        with a head, its logits."""
-        out = [self.scores(embeddings), self.centroid_scores(embeddings)]
+        """The score views the calibration reads (`VIEWS`): `scores`, `centroid_scores`,
+        `discriminant_scores` and, with a head, its logits."""
+        out = [self.scores(embeddings), self.centroid_scores(embeddings), self.discriminant_scores(embeddings)]
         cols = self._head_columns()
         if cols is not None:
             assert self.head is not None
@@ -196,6 +244,40 @@ class PrototypeRouter:
     def centroid_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, tasks): similarity to each task's centroid."""
         return F.normalize(embeddings.float(), dim=-1) @ torch.stack(self.centroids).T
+
+    def precision(self) -> torch.Tensor:
+        """(C, C): the inverse of the pooled within-task covariance shrunk towards a scaled identity
+        (the identity for a router saved before the scatter was kept: nearest mean)."""
+        if self._precision is None:
+            c = self.means[0].shape[0]
+            cov = self.scatter / max(self.scatter_n, 1) if self.scatter is not None else None
+            scale = float(cov.diagonal().mean()) if cov is not None else 0.0
+            if cov is None or scale <= 1e-12:  # no scatter, or one prompt per task: no spread yet
+                self._precision = torch.eye(c)
+            else:
+                target = scale * torch.eye(c, dtype=cov.dtype)
+                lam = self.shrinkage(cov, target)
+                self._precision = torch.linalg.inv((1 - lam) * cov + lam * target).float()
+        return self._precision
+
+    def shrinkage(self, cov: torch.Tensor, target: torch.Tensor) -> float:
+        """Ledoit and Wolf's shrinkage intensity towards `target`, from the running sums (1 for
+        a router saved without them)."""
+        if self.scatter_q4 <= 0:
+            return 1.0
+        n = self.scatter_n
+        beta2 = (self.scatter_q4 / n - float((cov * cov).sum())) / n  # the noise of the estimate
+        delta2 = float(((cov - target) ** 2).sum())  # its distance from the target
+        return min(max(beta2 / delta2, 0.0), 1.0) if delta2 > 0 else 1.0
+
+    def _discriminant(self, embeddings: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(embeddings.float(), dim=-1)
+        pm = means @ self.precision()
+        return x @ pm.T - 0.5 * (pm * means).sum(1)
+
+    def discriminant_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, tasks): each task's linear discriminant (see the module's note)."""
+        return self._discriminant(embeddings, torch.stack(self.means))
 
     def confidence(self, views: list[torch.Tensor], picks: torch.Tensor) -> torch.Tensor:
         """Score `views` of N inputs and (N,) picked task indices -> (N,) probability that each
@@ -215,7 +297,14 @@ class PrototypeRouter:
 
     def calibration_json(self) -> dict[str, Any] | None:
         """The calibrator as plain data, with the names of the views its features index."""
-        return {**self.calibrator.to_json(), "views": list(self.VIEWS)} if self.calibrator is not None else None
+        if self.calibrator is None:
+            return None
+        views = {
+            "views": list(self.VIEWS),
+            "base_view": self.VIEWS[self.base_view],
+            "route_view": self.VIEWS[self.route_view],
+        }
+        return {**self.calibrator.to_json(), **views}
 
     def without(self, names: Collection[str]) -> PrototypeRouter:
         """A router over every task but `names` (sharing the prototypes): routing never picks
@@ -226,7 +315,12 @@ class PrototypeRouter:
         out.names = [self.names[i] for i in keep]
         out.protos = [self.protos[i] for i in keep]
         out.centroids = [self.centroids[i] for i in keep]
+        out.means = [self.means[i] for i in keep]
+        out.scatter, out.scatter_n, out.scatter_q4 = self.scatter, self.scatter_n, self.scatter_q4
+        out._precision = self.precision() if self.means else None
         out.heldout = {n: v for n, v in self.heldout.items() if n in out.names}
+        out.fold_means = {n: v for n, v in self.fold_means.items() if n in out.names}
+        out.base_view = self.base_view
         out.head, out.head_names = self.head, self.head_names  # its columns for the kept tasks
         out.head_routes = self.head_routes
         out.calibrator = self.calibrator
@@ -273,8 +367,13 @@ class PrototypeRouter:
         (`calibration_json`)."""
         out = {f"proto.{n}": p for n, p in zip(self.names, self.protos, strict=True)}
         out.update({f"centroid.{n}": c for n, c in zip(self.names, self.centroids, strict=True)})
+        out.update({f"mean.{n}": m for n, m in zip(self.names, self.means, strict=True)})
+        if self.scatter is not None:
+            out["scatter"] = self.scatter.float()  # 1.3 MB at C = 576, for any number of tasks
+            out["scatter_n"] = torch.tensor([self.scatter_n, self.scatter_q4], dtype=torch.float64)
         for n, (emb, own) in self.heldout.items():
             out[f"heldout.{n}"], out[f"heldout_own.{n}"] = emb, own
+        out.update({f"heldout_means.{n}": m for n, m in self.fold_means.items()})
         if self.head is not None and self.head_names == self.names:
             out.update({f"head.{k}": v for k, v in self.head.state().items()})
             out["head.routes"] = torch.tensor([float(self.head_routes)])
@@ -286,21 +385,39 @@ class PrototypeRouter:
         """From `state()` and `calibration_json()` (None: uncalibrated, as saved before calibration
         existed). Held-out prompts absent from `tensors` are simply not kept: the calibration
         still applies, and the next `add` refits it on the tasks that have some. A task saved
-        without a centroid gets the mean of its prototypes."""
+        without a centroid gets the mean of its prototypes; one saved without a mean, its
+        centroid; a router saved without a scatter routes the discriminant view by nearest mean
+        (its calibration, fitted before that view existed, reads the views it was fitted on)."""
         self.names = list(names)
         self.protos = [tensors[f"proto.{n}"].float() for n in names]
         self.centroids = [
             tensors[f"centroid.{n}"].float() if f"centroid.{n}" in tensors else F.normalize(p.mean(0), dim=0)
             for n, p in zip(names, self.protos, strict=True)
         ]
+        self.means = [tensors.get(f"mean.{n}", c).float() for n, c in zip(names, self.centroids, strict=True)]
+        self.scatter = tensors["scatter"].double() if "scatter" in tensors else None
+        sums = tensors.get("scatter_n", torch.zeros(2, dtype=torch.float64))
+        self.scatter_n, self.scatter_q4 = int(sums[0]), float(sums[1])
+        self._precision = None
         self.heldout = {
             n: (tensors[f"heldout.{n}"], tensors[f"heldout_own.{n}"].float())
             for n in names
             if f"heldout.{n}" in tensors
         }
-        self.calibrator = Calibrator.from_json(calibration) if calibration else None
+        self.fold_means = {n: tensors[f"heldout_means.{n}"].float() for n in names if f"heldout_means.{n}" in tensors}
+        self.calibrator = Calibrator.from_json(_renamed(calibration, self.VIEWS)) if calibration else None
+        base = (calibration or {}).get("base_view", "prototypes")  # saved before: prototypes routed
+        self.base_view = self.VIEWS.index(base) if base in self.VIEWS[:3] else 0
         head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
         fits = head and head["weight"].shape[1] == len(names)  # saved with one column per task
         self.head = LinearHead.from_state(head) if fits else None  # none: saved before heads existed
         self.head_names, self._head_oof = (list(names) if fits else []), None
         self.head_routes = bool(fits and float(head.get("routes", torch.ones(1))[0]) > 0)
+
+
+def _renamed(calibration: dict[str, Any], views: tuple[str, ...]) -> dict[str, Any]:
+    """A saved calibration with its features' view indices read by name against `views` (a
+    calibration saved before the discriminant view existed named the head's view 2)."""
+    saved = calibration.get("views") or ["prototypes", "centroid", "linear"]
+    features = [[views.index(saved[v]), f] for v, f in calibration["features"]]
+    return {**calibration, "features": features}

@@ -99,6 +99,8 @@ def router(
             **cal["figures"],
             "threshold": float(cal["threshold"]),
             "features": [f"{cal['views'][v]}.{f}" for v, f in cal["features"]],
+            # the view routes are picked by (saved before the discriminant view: the prototypes)
+            "route_view": cal.get("route_view", "prototypes"),
         },
     }
 
