@@ -70,10 +70,15 @@ def start(args: list[str], env: dict[str, str], log: Path, url: str, timeout: fl
 
 def stop(proc: Any) -> None:
     import signal
+    import subprocess
 
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # still draining requests: a later run must not find it on its port
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
 
 
 def teach(base: str, tasks: list[Task]) -> None:
