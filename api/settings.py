@@ -22,6 +22,16 @@ ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")  # a browser's O
 MIN_ADMIN_KEY = 32
 
 
+def env_value(value: object) -> str:
+    """A setting as its environment variable spells it: a secret in clear, a list (`cors_origins`)
+    comma-separated, as the setting reads it back."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TREELORA_", extra="ignore")
 
@@ -107,6 +117,11 @@ class Settings(BaseSettings):
         if self.auth and key is None:
             raise ValueError("auth is on but no admin_key is set: set TREELORA_ADMIN_KEY")
         return self
+
+    def to_env(self) -> dict[str, str]:
+        """The `TREELORA_*` variables that make another process (a worker, a test's server) read
+        these settings."""
+        return {f"TREELORA_{k.upper()}": env_value(v) for k, v in self.model_dump().items() if v is not None}
 
     @property
     def db_url(self) -> str:

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             tmp = Path(tmp_dir)
             settings = Settings(data_dir=tmp / "var", database_url=db, models=f"tiny={tiny_model(tmp / 'tiny')}")
             learned, queued = prepare(settings)
-            env = {f"TREELORA_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
+            env = settings.to_env()
             port = 18000 + os.getpid() % 1000
             base = f"http://127.0.0.1:{port}"
             log = tmp / "api.log"

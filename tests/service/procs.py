@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
-from api.settings import Settings
+from api.settings import Settings, env_value
 
 ROOT = Path(__file__).resolve().parents[2]
 API_ARGS = ["-m", "uvicorn", "api.main:app"]
@@ -114,15 +114,11 @@ def wait_jobs(base: str, job_ids: list[str], procs: list[Proc], timeout: float =
 
 def env_of(**settings: Any) -> dict[str, str]:
     """The `TREELORA_*` variables that make a service process read these settings."""
-
-    def text(v: Any) -> str:  # lists (cors_origins) as the comma-separated form the setting reads
-        return ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
-
-    return {f"TREELORA_{k.upper()}": text(v) for k, v in settings.items() if v is not None}
+    return {f"TREELORA_{k.upper()}": env_value(v) for k, v in settings.items() if v is not None}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return env_of(**settings.model_dump())
+    return settings.to_env()
 
 
 def production_env(
