@@ -220,7 +220,7 @@ class ContinualLearner:
 
     def stored_bytes(self) -> int:
         """Everything kept to serve and continue the stream: the strategy's adapters and extra
-        tensors, plus what the router saves to serve (prototypes, centroids, means, the pooled scatter,
+        tensors, plus what the router saves to serve (prototypes, means, the pooled scatter,
         a head) where inference needs a route; not its held-out calibration prompts (at most
         `router.heldout_cap` float16 embeddings per task), which only a refit reads."""
         kept = {k: t for k, t in self.router.state().items() if not k.startswith("heldout")}

@@ -100,7 +100,6 @@ class PrototypeRouter:
         self._head_oof: torch.Tensor | None = None  # out-of-fold head logits of the kept prompts
         self.names: list[str] = []
         self.protos: list[torch.Tensor] = []  # per task (k, C), unit rows
-        self.centroids: list[torch.Tensor] = []  # per task (C,), unit
         self.means: list[torch.Tensor] = []  # per task (C,): the mean of its unit embeddings
         self.scatter: torch.Tensor | None = None  # (C, C) float64: pooled within-task scatter
         self.scatter_n = 0  # prompts summed into it
@@ -123,11 +122,10 @@ class PrototypeRouter:
         mean = x.mean(0)
         if name in self.names:  # its earlier prompts stay in the pooled scatter: one task's share
             i = self.names.index(name)
-            self.protos[i], self.centroids[i], self.means[i] = cent, F.normalize(mean, dim=0), mean
+            self.protos[i], self.means[i] = cent, mean
         else:
             self.names.append(name)
             self.protos.append(cent)
-            self.centroids.append(F.normalize(mean, dim=0))
             self.means.append(mean)
         n, m = len(x), min(self.heldout_cap, len(x) // 2)
         sub = torch.randperm(n, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))[:m]
@@ -241,6 +239,11 @@ class PrototypeRouter:
             out.append(self.head.scores(embeddings, cols))
         return out
 
+    @property
+    def centroids(self) -> list[torch.Tensor]:
+        """Per task (C,): its mean, L2-normalised."""
+        return [F.normalize(m, dim=0) for m in self.means]
+
     def centroid_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, tasks): similarity to each task's centroid."""
         return F.normalize(embeddings.float(), dim=-1) @ torch.stack(self.centroids).T
@@ -314,7 +317,6 @@ class PrototypeRouter:
         keep = [i for i, n in enumerate(self.names) if n not in names]
         out.names = [self.names[i] for i in keep]
         out.protos = [self.protos[i] for i in keep]
-        out.centroids = [self.centroids[i] for i in keep]
         out.means = [self.means[i] for i in keep]
         out.scatter, out.scatter_n, out.scatter_q4 = self.scatter, self.scatter_n, self.scatter_q4
         out._precision = self.precision() if self.means else None
@@ -363,10 +365,10 @@ class PrototypeRouter:
             level = children
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Prototypes, centroids and held-out prompts; the calibrator is plain data
+        """Prototypes, means (the centroids are derived from them), the pooled scatter and held-out
+        prompts; the calibrator is plain data
         (`calibration_json`)."""
         out = {f"proto.{n}": p for n, p in zip(self.names, self.protos, strict=True)}
-        out.update({f"centroid.{n}": c for n, c in zip(self.names, self.centroids, strict=True)})
         out.update({f"mean.{n}": m for n, m in zip(self.names, self.means, strict=True)})
         if self.scatter is not None:
             out["scatter"] = self.scatter.float()  # 1.3 MB at C = 576, for any number of tasks
@@ -390,11 +392,10 @@ class PrototypeRouter:
         (its calibration, fitted before that view existed, reads the views it was fitted on)."""
         self.names = list(names)
         self.protos = [tensors[f"proto.{n}"].float() for n in names]
-        self.centroids = [
-            tensors[f"centroid.{n}"].float() if f"centroid.{n}" in tensors else F.normalize(p.mean(0), dim=0)
-            for n, p in zip(names, self.protos, strict=True)
+        saved_before = [  # a router saved before means: its centroid, or before centroids: its prototypes'
+            tensors.get(f"centroid.{n}", F.normalize(p.mean(0), dim=0)) for n, p in zip(names, self.protos, strict=True)
         ]
-        self.means = [tensors.get(f"mean.{n}", c).float() for n, c in zip(names, self.centroids, strict=True)]
+        self.means = [tensors.get(f"mean.{n}", c).float() for n, c in zip(names, saved_before, strict=True)]
         self.scatter = tensors["scatter"].double() if "scatter" in tensors else None
         sums = tensors.get("scatter_n", torch.zeros(2, dtype=torch.float64))
         self.scatter_n, self.scatter_q4 = int(sums[0]), float(sums[1])
