@@ -28,6 +28,7 @@ from .learners import base_model, load_learner
 from .models import Stream, TreeVersion
 from .serving import Batcher, Request, ServedCache, check_choices, check_inputs
 from .settings import Routing, Settings
+from .step_batcher import StepBatcher
 from .storage import BlobStore
 from .streaming import TokenStream
 
@@ -38,7 +39,8 @@ class Inference:
         self.servers: dict[tuple[str, tuple[str, ...]], Server] = {}
         self._servers_lock = threading.Lock()
         self.served = ServedCache(settings, store)
-        self.batcher = Batcher(settings, store, self.server)
+        policy = StepBatcher if settings.batching == "step" else Batcher
+        self.batcher = policy(settings, store, self.server)
         self._export_lock = threading.Lock()
         self._learners: OrderedDict[tuple[str, int], ContinualLearner] = OrderedDict()
 

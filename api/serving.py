@@ -191,11 +191,7 @@ class Batcher:
         tasks = self._resolve(server, reqs)
         keys = set().union(*(r.served.keys([t for t, _ in ts]) for r, ts in zip(reqs, tasks, strict=True)))
         scaling = {k: r.served.scaling for r in reqs for k in r.served.all_keys}
-
-        def load(sha: str) -> Factors:
-            return factors_from_state(st.load(self.store.get(sha)), scaling[sha])
-
-        with server.pool.holding(keys, load):
+        with server.pool.holding(keys, lambda sha: self._factors(sha, scaling[sha])):
             texts = self._generate(server, reqs, tasks)
             logps = self._score(server, reqs, tasks)
         self.rows += len(texts) + len(logps)
@@ -211,6 +207,10 @@ class Batcher:
                 item["best"] = max(scored, key=lambda c: scored[c])
                 answers.append(item)
             r.future.set_result(answers)
+
+    def _factors(self, sha: str, scaling: float) -> Factors:
+        """An adapter's factors, read from the object store (the pool's loader)."""
+        return factors_from_state(st.load(self.store.get(sha)), scaling)
 
     def _resolve(self, server: Server, reqs: list[Request]) -> Routes:
         """Each input's task and routing confidence: the given task, or the router's pick from

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(default=20.0, ge=0)  # a batch closes after this long with no new request
     batch_max_wait_ms: float = Field(default=100.0, ge=0)  # ... or this long after its first request
     max_batch: int = Field(default=32, gt=0)  # rows (inputs) per batch at most
+    # "step": rows join and leave the running batch between decoding steps (continuous batching);
+    # "request": a batch is formed from the requests that arrived together and runs to its longest answer
+    batching: Literal["step", "request"] = "step"
     adapter_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # node adapters kept in memory
     # below it, auto routing says so (`low_confidence`); None: the stream's router's calibrated threshold
     route_min_confidence: float | None = Field(default=None, ge=0, le=1)

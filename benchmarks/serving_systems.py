@@ -1,11 +1,14 @@
 """The baseline inference servers the serving benchmark compares against, each behind the same
-small HTTP API (`POST /predict {inputs, task, max_new_tokens, ignore_eos}`) and the same decoding
-loop (`treelora_core.serving.decode`), so that only the way adapters are applied differs:
+small HTTP API (`POST /predict {inputs, task, max_new_tokens, ignore_eos}`), the same batching
+policy (`api.serving.gather`: the service's window, wait and row limit) and the same decoding loop
+(`treelora_core.serving.decode`), so that only the way adapters are applied differs:
 
-- `base`: the base model with no adapters, requests batched like this service batches them;
-- `peft_switch`: PEFT with every task's adapter loaded, `set_adapter` per request, one at a time;
-- `peft_mixed`: PEFT's mixed-batch inference (`adapter_names=` per row), batched;
-- `merged_switch`: per-task merged weights (W + s B A) kept in memory, copied in per request.
+- `base`: the base model with no adapters;
+- `peft_switch`: PEFT with every task's adapter loaded; a gathered batch is grouped by task and
+  each group decoded after `set_adapter` (a single-adapter server that batches what it can);
+- `peft_mixed`: PEFT's mixed-batch inference (`adapter_names=` per row), one batch for all tasks;
+- `merged_switch`: per-task merged weights (W + s B A) kept in memory; each task group of a batch
+  is decoded after copying its weights in (no adapter arithmetic at all while decoding).
 
 Each task's adapter is its tree path flattened to one PEFT adapter (the service's export).
 
@@ -35,7 +38,6 @@ from treelora_core.models import Formatter, load_base
 from treelora_core.serving import GenParams, decode
 
 SYSTEMS = ("base", "peft_switch", "peft_mixed", "merged_switch")
-BATCHED = ("base", "peft_mixed")
 
 
 class PredictBody(BaseModel):
@@ -101,20 +103,24 @@ class Engine:
         self.current = task
 
     def run(self, jobs: list[Job]) -> None:
+        if self.system in ("base", "peft_mixed"):
+            self._decode(jobs)
+            return
+        groups: dict[str, list[Job]] = {}
+        for j in jobs:
+            groups.setdefault(j.task, []).append(j)
+        for task, group in groups.items():  # a single-adapter server: one task's rows at a time
+            if self.system == "peft_switch":
+                self.model.set_adapter(task)
+            else:
+                self._switch(task)
+            self._decode(group)
+
+    def _decode(self, jobs: list[Job]) -> None:
         ids = [self.fmt.encode_prompt(p, min(j.params.max_new_tokens, 64)) for j in jobs for p in j.prompts]
         params = [j.params for j in jobs for _ in j.prompts]
-        if self.system == "base":
-            outs = decode(self.model, self.tok, ids, params)
-        elif self.system == "peft_mixed":
-            names = [j.task for j in jobs for _ in j.prompts]
-            outs = decode(self.model, self.tok, ids, params, adapter_names=names)
-        else:  # one request at a time: switch the adapter (or the weights), then decode
-            assert len(jobs) == 1
-            if self.system == "peft_switch":
-                self.model.set_adapter(jobs[0].task)
-            else:
-                self._switch(jobs[0].task)
-            outs = decode(self.model, self.tok, ids, params)
+        kw = {"adapter_names": [j.task for j in jobs for _ in j.prompts]} if self.system == "peft_mixed" else {}
+        outs = decode(self.model, self.tok, ids, params, **kw)
         k = 0
         for j in jobs:
             j.future.set_result(outs[k : k + len(j.prompts)])
@@ -126,11 +132,10 @@ def make_app(
 ) -> FastAPI:
     engine = Engine(system, adapters, max_length)
     jobs: queue.Queue[Job] = queue.Queue()
-    rows = max_batch if system in BATCHED else 1
 
     def loop() -> None:
         while True:
-            batch = gather(jobs, window_ms, rows, max_wait_ms)
+            batch = gather(jobs, window_ms, max_batch, max_wait_ms)
             try:
                 engine.run(batch)
             except Exception as exc:

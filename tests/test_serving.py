@@ -4,6 +4,7 @@ row would alone and as the learner does; the adapter pool's budget, pins and LRU
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -172,6 +173,51 @@ def test_streamed_pieces_add_up_to_the_answer_and_arrive_step_by_step(trained, t
     first = [k for k, (i, _, _) in enumerate(heard) if i == 0]
     assert len(first) > 2  # row 0 streamed piece by piece, interleaved with the other rows
     assert heard.index(next(h for h in heard if h[0] == 2 and h[2] is not None)) < first[-1]  # row 2 ended first
+
+
+def test_step_level_rows_join_and_leave_between_steps_and_answer_as_alone(trained, tiny_base) -> None:  # type: ignore[no-untyped-def]
+    """Rows of three tasks with different lengths, greedy and seeded-sampled, join a running
+    step-level batch in three waves; each answer equals the row's answer alone, a finished row
+    leaves at once, and the cache keeps no column that no remaining row attends to."""
+    from treelora_core.step_batch import StepBatch, StepRow
+
+    server, load = serve(trained, tiny_base)
+    prompts, paths = rows(trained, 2)
+    keys = {k for p in paths for names in p.values() for k in names}
+    hot = {"do_sample": True, "temperature": 50.0, "ignore_eos": True}
+    params = [
+        GenParams(max_new_tokens=2 + 3 * (i % 3), ignore_eos=True) if i % 2 else GenParams(2 + i, seed=i, **hot)
+        for i in range(len(prompts))
+    ]
+    params[0] = GenParams(max_new_tokens=1)  # done by its first token: never joins the batch
+    heard: dict[int, list[str]] = {}
+
+    @dataclass(eq=False)
+    class Row(StepRow):
+        tag: int = 0
+
+    todo = [
+        Row(p, q, g, emit=lambda t, _, i=i: heard.setdefault(i, []).append(t), tag=i)
+        for i, (p, q, g) in enumerate(zip(prompts, paths, params, strict=True))
+    ]
+    with server.pool.holding(keys, load):
+        alone = [server.generate([p], [q], [g])[0] for p, q, g in zip(prompts, paths, params, strict=True)]
+        batch: StepBatch[Row] = StepBatch(server)
+        got, steps = {}, []  # steps: the rows of each step
+        for wave in (todo[:2], todo[2:4], todo[4:]):
+            got.update({r.tag: g for r, g in batch.join(wave)})
+            for _ in range(2):
+                steps.append({r.tag for r in batch.rows})
+                got.update({r.tag: g for r, g in batch.step()})
+                assert all(r.tag not in got for r in batch.rows)  # finished rows have left
+                assert bool(batch._mask.any(0)[0]) if len(batch) else True  # no dead leading column
+        while len(batch):
+            got.update({r.tag: g for r, g in batch.step()})
+    assert [got[i] for i in range(len(prompts))] == alone
+    assert all("".join(heard[i]) == alone[i].text for i in range(len(prompts)))
+    assert any(min(tags) < 2 <= max(tags) for tags in steps if tags)  # earlier and later waves shared steps
+    assert not any(0 in tags for tags in steps)
+    assert alone[0].tokens == 1 and sum(g.tokens for g in alone) > 2 * len(alone)
 
 
 @pytest.mark.parametrize(

@@ -160,29 +160,29 @@ class PrototypeRouter:
     def heldout_views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every task's held-out prompts as score views (each (N, tasks), each row's own task
         scored as it was cross-fitted; the linear view out of fold), and their true task
-        indices (N,)."""
-        rows: list[list[torch.Tensor]] = [[], [], []]
-        labels = []
-        for i, name in enumerate(self.names):
-            if name in self.heldout:
-                emb, own = self.heldout[name]
-                views = self.views(emb)[:3]
-                for v in range(2):
-                    views[v][:, i] = own[:, v]
-                if name in self.fold_means:  # else (saved before the discriminant): its full mean
-                    rest = self.fold_means[name]
-                    folds = torch.arange(len(emb)).chunk(len(rest))
-                    fold = torch.cat([torch.full((len(f),), k) for k, f in enumerate(folds)])
-                    views[2][:, i] = self._discriminant(emb, rest)[torch.arange(len(emb)), fold]
-                for v in range(3):
-                    rows[v].append(views[v])
-                labels.append(torch.full((len(emb),), i))
-        if not labels:
+        indices (N,). The views of all prompts are computed at once, then each row's own score
+        replaced: the cost grows with tasks x prompts, not tasks squared x calls."""
+        kept = [(i, name) for i, name in enumerate(self.names) if name in self.heldout]
+        if not kept:
             return [torch.empty(0, len(self.names))] * 3, torch.empty(0, dtype=torch.long)
-        views = [torch.cat(r) for r in rows]
+        embs = [self.heldout[name][0] for _, name in kept]
+        views = self.views(torch.cat(embs))[:3]
+        start = 0
+        for (i, name), emb in zip(kept, embs, strict=True):
+            rows = torch.arange(start, start + len(emb))
+            own = self.heldout[name][1]
+            for v in range(2):
+                views[v][rows, i] = own[:, v]
+            if name in self.fold_means:  # else (saved before the discriminant): its full mean
+                rest = self.fold_means[name]
+                folds = torch.arange(len(emb)).chunk(len(rest))
+                fold = torch.cat([torch.full((len(f),), k) for k, f in enumerate(folds)])
+                views[2][rows, i] = self._discriminant(emb, rest)[torch.arange(len(emb)), fold]
+            start += len(emb)
+        labels = torch.cat([torch.full((len(e),), i) for (i, _), e in zip(kept, embs, strict=True)])
         if self._head_oof is not None and len(self._head_oof) == len(views[0]):
             views.append(self._head_oof)
-        return views, torch.cat(labels)
+        return views, labels
 
     def _fit_head(self) -> None:
         """Fit the linear head on every task's kept prompts, and its out-of-fold logits for them

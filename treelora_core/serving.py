@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -68,6 +69,7 @@ class Generated(NamedTuple):
 # (with the last piece of text): `emit(i, text, answer or None)`. The pieces add up to the
 # answer's text.
 Emit = Callable[[int, str, Generated | None], None]
+RowEmit = Callable[[str, Generated | None], None]  # one row's `Emit`
 
 
 class AdapterPool:
@@ -156,6 +158,7 @@ class Server:
         self.model, self.tok, self.pool = model, tok, pool
         self.bank = LoRABank(model, LoraConfig(target_modules=target_modules))  # wrappers only
         self.device = next(model.parameters()).device
+        self._routed: object = None  # the key of the rows `route` set, if they are still set
 
     # -- per-row factors ------------------------------------------------------------------------
     def _set_rows(self, paths: list[Path]) -> None:
@@ -182,6 +185,7 @@ class Server:
             mod.route(stack=(a_all, b_all, mask))
 
     def _clear(self) -> None:
+        self._routed = None
         for mod in self.bank.modules.values():
             mod.route()
 
@@ -193,10 +197,20 @@ class Server:
         finally:
             self._clear()
 
+    def route(self, paths: list[Path], key: object) -> None:
+        """Route rows on `paths` until the next call or `rows()`; `key` names this set of rows,
+        so that a caller decoding the same rows step after step routes them once."""
+        if self._routed is not key:
+            self._set_rows(paths)
+            self._routed = key
+
     # -- embeddings (routing), generation, scoring ----------------------------------------------
 
     def embed(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Routing embeddings of encoded prompts (see `batching.mean_pooled`): (N, C)."""
+        """Routing embeddings of encoded prompts (see `batching.mean_pooled`), from the frozen
+        model (rows a step-level batch routed are set again at its next step): (N, C)."""
+        if self._routed is not None:
+            self._clear()
         return mean_pooled(self.model, prompts, self.tok.pad_token_id, self.device)
 
     @torch.no_grad()
@@ -254,6 +268,53 @@ def held_back(text: str, stop: tuple[str, ...]) -> int:
     return n
 
 
+class RowDecoder:
+    """One row's decoding state: the tokens it generated, what it streamed, its sampler, and
+    whether it has finished (`push` takes each new token). Shared by request-level batches
+    (`decode_rows`) and step-level ones (`step_batch.StepBatch`)."""
+
+    def __init__(self, tok: PreTrainedTokenizerBase, params: GenParams, emit: RowEmit | None = None) -> None:
+        self.tok, self.params, self.emit = tok, params, emit
+        self.gen = torch.Generator().manual_seed(params.seed) if params.do_sample and params.seed is not None else None
+        self.out: list[int] = []
+        self.sent = 0  # characters of the text streamed so far
+        self.answer: Generated | None = None
+
+    def text(self) -> str:
+        return str(self.tok.decode(self.out, skip_special_tokens=True))
+
+    def push(self, t: int) -> Generated | None:
+        """Take the next token; the answer once the row has finished (then `answer` too)."""
+        p = self.params
+        so_far = ""
+        if t == self.tok.eos_token_id and not p.ignore_eos:
+            self.answer = Generated(self.text(), len(self.out), "stop")
+        else:
+            self.out.append(t)
+            so_far = self.text() if p.stop or self.emit is not None else ""
+            hit = [so_far.index(s) for s in p.stop if s in so_far]
+            if hit:
+                self.answer = Generated(so_far[: min(hit)], len(self.out), "stop")
+            elif len(self.out) >= p.max_new_tokens:
+                self.answer = Generated(so_far or self.text(), len(self.out), "length")
+        if self.emit is not None:
+            if self.answer is not None:
+                self.emit(self.answer.text[self.sent :], self.answer)
+            elif (upto := len(so_far) - held_back(so_far, p.stop)) > self.sent:
+                self.emit(so_far[self.sent : upto], None)
+                self.sent = upto
+        return self.answer
+
+    def finish(self) -> Generated:
+        """The answer, or what was generated so far when decoding had to stop ("length")."""
+        return self.answer or Generated(self.text(), len(self.out), "length")
+
+
+def pick(logits: torch.Tensor, rows: Sequence[RowDecoder]) -> list[int]:
+    """The next token of each row from its last logits (N, V): see `_pick`."""
+    return [int(t) for t in _pick(logits, [r.params for r in rows], [r.gen for r in rows])]
+
+
 @torch.no_grad()
 def decode_rows(
     model: torch.nn.Module,
@@ -263,60 +324,34 @@ def decode_rows(
     emit: Emit | None = None,
     **forward_kw: object,
 ) -> list[Generated]:
-    """Batched decoding with a KV cache, left padding and per-row parameters; `emit` streams each
-    row's text as the steps finish. `forward_kw` goes to every forward call (PEFT's
-    `adapter_names`, say)."""
+    """Batched decoding with a KV cache, left padding and per-row parameters, until the longest
+    row has finished (request-level batching); `emit` streams each row's text as the steps
+    finish. `forward_kw` goes to every forward call (PEFT's `adapter_names`, say)."""
     device = next(model.parameters()).device
     n = len(prompts)
     ids, mask = left_pad(prompts, tok.pad_token_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    gens = [torch.Generator().manual_seed(p.seed) if p.do_sample and p.seed is not None else None for p in params]
-    outs: list[list[int]] = [[] for _ in range(n)]
-    done: list[Generated | None] = [None] * n
-    sent = [0] * n  # characters of each row's text streamed so far
+    rows = [RowDecoder(tok, p, None if emit is None else partial(emit, i)) for i, p in enumerate(params)]
     limit = max(p.max_new_tokens for p in params)
-
-    def text(ids: list[int]) -> str:
-        return str(tok.decode(ids, skip_special_tokens=True))
-
-    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **forward_kw)
+    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **forward_kw)
     for step in range(limit):
-        nxt = _pick(res.logits[:, -1], params, gens)
-        for i in range(n):
-            if done[i] is not None:
-                continue
-            t, p = int(nxt[i]), params[i]
-            so_far = ""
-            if t == tok.eos_token_id and not p.ignore_eos:
-                done[i] = Generated(text(outs[i]), len(outs[i]), "stop")
-            else:
-                outs[i].append(t)
-                so_far = text(outs[i]) if p.stop or emit is not None else ""
-                hit = [so_far.index(s) for s in p.stop if s in so_far]
-                if hit:
-                    done[i] = Generated(so_far[: min(hit)], len(outs[i]), "stop")
-                elif len(outs[i]) >= p.max_new_tokens:
-                    done[i] = Generated(so_far or text(outs[i]), len(outs[i]), "length")
-            if emit is not None:
-                answer = done[i]
-                if answer is not None:
-                    emit(i, answer.text[sent[i] :], answer)
-                elif (upto := len(so_far) - held_back(so_far, p.stop)) > sent[i]:
-                    emit(i, so_far[sent[i] : upto], None)
-                    sent[i] = upto
-        if all(d is not None for d in done) or step == limit - 1:
+        nxt = pick(res.logits[:, -1], rows)
+        for r, t in zip(rows, nxt, strict=True):
+            if r.answer is None:
+                r.push(t)
+        if all(r.answer is not None for r in rows) or step == limit - 1:
             break
         mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
         pos = pos[:, -1:] + 1
         res = model(
-            input_ids=nxt.unsqueeze(1),
+            input_ids=torch.tensor(nxt, device=device).unsqueeze(1),
             attention_mask=mask,
             position_ids=pos,
             past_key_values=res.past_key_values,
             use_cache=True,
             **forward_kw,
         )
-    return [d if d is not None else Generated(text(o), len(o), "length") for d, o in zip(done, outs, strict=True)]
+    return [r.finish() for r in rows]
 
 
 def decode(

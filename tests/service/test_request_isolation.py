@@ -141,8 +141,10 @@ def test_a_request_that_fails_in_its_batch_fails_alone(
     api: tuple[str, Proc], wclient: TestClient, wsettings: Settings, s3_client: Any
 ) -> None:
     """A request that passes every check but cannot run (stream `b`'s adapter blobs are gone
-    from the object store) gets an error; the requests batched with it are answered."""
-    base, proc = api
+    from the object store) gets an error; the requests that arrived with it are answered (step
+    batching fails it when it is admitted, before it joins; request-level batching runs the
+    batch it shared again apart: `test_serving_api.py`)."""
+    base, _ = api
     learn(wclient, wsettings, "b", "plum")
     mine = {a["sha256"] for a in wclient.get("/v1/streams/s/adapters").json()["data"]}
     theirs = {a["sha256"] for a in wclient.get("/v1/streams/b/adapters").json()["data"]}
@@ -158,7 +160,6 @@ def test_a_request_that_fails_in_its_batch_fails_alone(
         assert isinstance(r, httpx.Response) and r.status_code >= 500, summary(r)
         assert set(r.json()["error"]) >= {"code", "message"}, r.text
     assert batch_counts(base)[1] - before[1] == rows(good) * 3
-    assert "requests failed" in proc.tail(100_000)  # it did share a batch, which was run again apart
 
 
 def openapi_body(client: TestClient, name: str) -> dict[str, Any]:

@@ -5,15 +5,20 @@ resolved keeps its version; scoring, routing flags and the cache counters."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.db import session_factory
 from api.models import Stream
-from api.serving import Request
+from api.serving import Batcher, Request
 from api.settings import Settings
+from api.step_batcher import StepBatcher
+from api.storage import BlobNotFound
 from treelora_core.serving import GenParams
+from treelora_core.step_batch import StepBatch
 from worker.runner import run_job
 
 from .conftest import ROWS, make_stream, submit
@@ -100,3 +105,63 @@ def test_scoring_routing_and_threshold(wclient: TestClient, wsettings: Settings)
     assert sampled[0] == sampled[1]
     metrics = wclient.get("/metrics").text
     assert "treelora_adapter_cache_bytes" in metrics and "treelora_batches" in metrics
+
+
+@pytest.mark.parametrize("policy", ["step", "request"])
+def test_a_request_that_cannot_run_fails_alone_under_either_batching(
+    wclient: TestClient, wsettings: Settings, policy: str
+) -> None:
+    """Requests arriving together, one of them on a path whose adapter is not in the object
+    store: that one gets the store's error, the others their answers as they get them alone
+    (request-level batching runs the failed batch again request by request; step-level batching
+    fails the request when it is admitted, before it joins)."""
+    learn(wclient, wsettings, WORDS[:2])
+    inference = wclient.app.state.inference  # type: ignore[attr-defined]
+    with session_factory(wsettings.db_url)() as s:
+        served = inference.served.get(s.query(Stream).one())
+    missing = "0" * 64
+    broken = replace(served, paths={**served.paths, "apple": {b: (missing,) for b in served.paths["apple"]}})
+    settings = wsettings.model_copy(update={"batching": policy, "batch_window_ms": 200.0, "batch_max_wait_ms": 500.0})
+    batcher = (StepBatcher if policy == "step" else Batcher)(settings, inference.store, inference.server)
+    prompt = "Item 1 of the list: what is it?"
+    alone = predict(wclient, inputs=[prompt], task="mango")["predictions"][0]
+    reqs = [Request(served, [prompt], "mango", params=GenParams(max_new_tokens=3)) for _ in range(3)]
+    reqs.insert(1, Request(broken, [prompt], "apple", params=GenParams(max_new_tokens=3)))
+    for r in reqs:
+        batcher.put(r)
+    assert [r.future.result(timeout=120)[0]["output"] for r in reqs if r.served is served] == [alone["output"]] * 3
+    with pytest.raises(BlobNotFound):
+        reqs[1].future.result(timeout=120)
+    assert batcher.rows == 3  # rows decoded to the end: the good ones
+    assert batcher.batches == (1 if policy == "step" else 1 + 4)  # request-level: the batch, then each apart
+
+
+def test_a_failed_decoding_step_runs_its_requests_again_apart(
+    wclient: TestClient, wsettings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step-level batch whose decoding step raises (a fault injected once: nothing here can
+    make a real step fail) answers each of its requests by running it again alone."""
+    learn(wclient, wsettings, WORDS[:2])
+    inference = wclient.app.state.inference  # type: ignore[attr-defined]
+    with session_factory(wsettings.db_url)() as s:
+        served = inference.served.get(s.query(Stream).one())
+    prompts = [f"Item {i} of the list: what is it?" for i in range(3)]
+    tasks = ["apple", "mango", "apple"]
+    pairs = list(zip(prompts, tasks, strict=True))
+    alone = [predict(wclient, inputs=[p], task=w)["predictions"][0]["output"] for p, w in pairs]
+    settings = wsettings.model_copy(update={"batch_window_ms": 200.0, "batch_max_wait_ms": 500.0})
+    batcher = StepBatcher(settings, inference.store, inference.server)
+    real, failed = StepBatch.step, []
+
+    def once(self: StepBatch[Any]) -> Any:
+        if not failed:
+            failed.append(len(self))
+            raise RuntimeError("injected")
+        return real(self)
+
+    monkeypatch.setattr(StepBatch, "step", once)
+    reqs = [Request(served, [p], w, params=GenParams(max_new_tokens=3)) for p, w in pairs]
+    for r in reqs:
+        batcher.put(r)
+    assert [r.future.result(timeout=120)[0]["output"] for r in reqs] == alone
+    assert failed == [len(reqs)]  # the three shared the step that failed
