@@ -60,6 +60,8 @@ class Inference:
             "adapter_cache_hits": sum(p.hits for p in pools),
             "adapter_cache_misses": sum(p.misses for p in pools),
             "adapter_cache_evictions": sum(p.evictions for p in pools),
+            "adapter_load_seconds": sum(p.load_seconds for p in pools),  # over the misses: a cold load's cost
+            "adapter_load_seconds_max": max((p.load_seconds_max for p in pools), default=0.0),
             "batches": self.batcher.batches,
             "batched_rows": self.batcher.rows,
         }

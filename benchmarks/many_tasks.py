@@ -6,8 +6,8 @@ node on the last `own` blocks, and every node's factors are random, with the bas
 Linear shapes and the stream's rank. Each task's router prototypes come from a few random
 embeddings around a random direction (the router's cost depends on the number of tasks, not on
 what they are). The version is committed through the service's own functions (a stream, one
-job, `commit_version`) as one version holding every task, so the tasks list of the stream shows
-that one job's task; predict, routing and the adapter pool see all of them.
+job, `commit_version`) as one version holding every task: the first task is submitted as a
+job, the others' rows are written beside it as learned by that version (no job of their own).
 
     python -m benchmarks.many_tasks --data-dir DIR --tasks 1000     # into an embedded service's folder
 """
@@ -23,7 +23,9 @@ import safetensors.torch as st
 import torch
 
 from api.db import session_factory
+from api.enums import TaskState
 from api.migrate import upgrade
+from api.models import Task, new_id
 from api.services import runs, streams, tasks
 from api.services.owners import ADMIN
 from api.settings import Settings
@@ -35,9 +37,9 @@ from treelora_core.persist import FORMAT
 from treelora_core.router import PrototypeRouter
 
 
-def linear_shapes(targets: tuple[str, ...]) -> tuple[int, dict[str, tuple[int, int]]]:
+def linear_shapes(model_path: str | None, targets: tuple[str, ...]) -> tuple[int, dict[str, tuple[int, int]]]:
     """The base model's number of blocks and (in, out) features of each target Linear."""
-    model, _ = load_base()
+    model, _ = load_base(model_path)
     block = dict(blocks(model)[0].named_modules())
     linear = {n.rsplit(".", 1)[-1]: m for n, m in block.items() if isinstance(m, torch.nn.Linear)}
     return len(blocks(model)), {t: (linear[t].in_features, linear[t].out_features) for t in targets}
@@ -63,13 +65,16 @@ def register(
     own: int = 10,
     shared: int = 10,
     seed: int = 0,
+    base_model: str | None = None,
 ) -> list[str]:
-    """Create stream `name` holding `n_tasks` tasks in `families` families (see the module); their
-    names. The stream must not exist yet."""
+    """Create stream `name` on `base_model` (None: the default) holding `n_tasks` tasks in
+    `families` families (see the module); their names. The stream must not exist yet."""
     with session_factory(settings.db_url)() as session:
-        stream = streams.create_stream(session=session, settings=settings, caller=ADMIN, name=name)
+        stream = streams.create_stream(
+            session=session, settings=settings, caller=ADMIN, name=name, base_model=base_model
+        )
         cfg = config_from_dict(stream.config)
-        n_blocks, shapes = linear_shapes(cfg.lora.target_modules)
+        n_blocks, shapes = linear_shapes(settings.model_choices().get(stream.base_model), cfg.lora.target_modules)
         names = [f"t{k:04d}" for k in range(n_tasks)]
         tree = AdapterTree(0, n_blocks)
         heads: list[str] = []  # each family's first task
@@ -95,7 +100,7 @@ def register(
             direction = torch.randn(width, generator=gen)
             router.add(task, direction + 0.5 * torch.randn(8, width, generator=gen) * rng.uniform(0.5, 1.5))
         extras = store.put(st.save({f"router/{k}": v.contiguous() for k, v in router.state().items()}))
-        _, job = tasks.submit_task(
+        first, job = tasks.submit_task(
             session=session,
             settings=settings,
             store=store,
@@ -108,6 +113,23 @@ def register(
         )
         claim = runs.claim(session=session, job_id=job.id, owner="many-tasks", lease_s=600)
         assert claim.job is not None, claim.outcome
+        session.add_all(  # the other tasks, learned by the same version (no job of their own)
+            Task(
+                id=new_id("tsk"),
+                stream_id=stream.id,
+                name=task,
+                metric=first.metric,
+                status=TaskState.LEARNED,
+                position=1,
+                train_sha256=first.train_sha256,
+                eval_sha256=first.eval_sha256,
+                n_train=first.n_train,
+                n_eval=first.n_eval,
+                eval_source=first.eval_source,
+                bytes=first.bytes,
+            )
+            for task in names[1:]
+        )
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "config": stream.config,

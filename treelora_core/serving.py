@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -83,6 +84,7 @@ class AdapterPool:
         self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
+        self.load_seconds = self.load_seconds_max = 0.0  # reading and placing missing adapters
 
     @property
     def nbytes(self) -> int:
@@ -99,9 +101,13 @@ class AdapterPool:
             self.misses += len(missing)
             self._pins.update(keys)
         try:
-            loaded = {
-                k: {bt: (a.to(self.device), b.to(self.device)) for bt, (a, b) in load(k).items()} for k in missing
-            }
+            loaded = {}
+            for k in missing:
+                t0 = time.perf_counter()
+                loaded[k] = {bt: (a.to(self.device), b.to(self.device)) for bt, (a, b) in load(k).items()}
+                took = time.perf_counter() - t0
+                self.load_seconds += took
+                self.load_seconds_max = max(self.load_seconds_max, took)
         except BaseException:
             self.release(keys)
             raise

@@ -165,3 +165,24 @@ def test_a_failed_decoding_step_runs_its_requests_again_apart(
         batcher.put(r)
     assert [r.future.result(timeout=120)[0]["output"] for r in reqs] == alone
     assert failed == [len(reqs)]  # the three shared the step that failed
+
+
+def test_a_stream_of_many_registered_tasks_serves_each_of_them(wclient: TestClient, wsettings: Settings) -> None:
+    """`benchmarks.many_tasks` (the serving benchmark's 1,000-task stream, here 40 tasks) commits a
+    version the service serves: any task by name through its own path, `auto` routing among all,
+    each distinct node loaded into the pool once."""
+    from benchmarks.many_tasks import register
+
+    inference = wclient.app.state.inference  # type: ignore[attr-defined]
+    names = register(wsettings, inference.store, "many", 40, families=4, own=1, shared=1, base_model="tiny")
+    assert len(names) == 40 and wclient.get("/v1/streams/many").json()["tree_version"] == 1
+    body = {"inputs": ["Item 1 of the list: what is it?"], "max_new_tokens": 2}
+    misses = inference.stats()["adapter_cache_misses"]
+    for task in names[::7]:
+        resp = wclient.post("/v1/streams/many/predict", json={**body, "task": task})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["predictions"][0]["task"] == task and len(resp.json()["predictions"][0]["path"]) == 3
+    loaded = inference.stats()["adapter_cache_misses"] - misses
+    assert loaded == 1 + 4 + len(names[::7])  # the root, the families, each task's own node: no node twice
+    routed = wclient.post("/v1/streams/many/predict", json={**body, "task": "auto"}).json()["predictions"][0]
+    assert routed["task"] in names and 0 <= routed["confidence"] <= 1
