@@ -40,10 +40,17 @@ def device_for(settings: Settings) -> str:
     return settings.device
 
 
+def use_threads(settings: Settings) -> None:
+    """torch's CPU threads for this process, when the settings pin them (`torch_threads`)."""
+    if settings.torch_threads is not None and torch.get_num_threads() != settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+
+
 def base_model(settings: Settings, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The frozen base model `name` (one of `settings.model_choices()`) and its tokenizer."""
     with _BASES_LOCK:
         if name not in _BASES:
+            use_threads(settings)
             _BASES[name] = load_base(settings.model_choices().get(name), device=device_for(settings))
         return _BASES[name]
 

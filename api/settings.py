@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     s3_prefix: str = ""  # key prefix inside the bucket
 
     device: Device = "auto"  # where workers train and the API predicts
+    # torch's CPU threads per process (the API's serving, a worker's training); None: torch's default,
+    # one per core. Pin it where the API and a worker, or other work, share a machine's cores.
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
     models: str = ""  # extra base models a stream may name: "name=/path/or/hf-id,other=..."
     default_model: str = "smollm2-135m-instruct"
 

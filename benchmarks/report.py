@@ -285,26 +285,86 @@ def _serving(out: list[str], folder: Path) -> None:
     if data is None:
         return
     st = data["setup"]
+    mixes = data["mixes"]
     out += [
         f"Model {data['model']} on {st['device']} ({st['cpu_count']} cores), one stream of {st['tasks']} learned "
-        f"WordNet tasks; {st['clients']} closed-loop clients over HTTP for {st['seconds']:.0f} s per cell, one "
-        f"prompt per request, {st['max_new_tokens']} new tokens (EOS ignored), batches of at most "
-        f"{st['max_batch']} rows gathered with a {st['batch_window_ms']:.0f} ms gap rule (at most "
-        f"{st['batch_max_wait_ms']:.0f} ms) by every batching system. Systems run one at a time on the same "
-        "machine; ratios are this service's figure over the other system's.",
+        f"WordNet tasks and one of {st.get('many_tasks', '-')} tasks with random adapters of the real shapes; "
+        f"{st['clients']} closed-loop clients over HTTP for {st['seconds']:.0f} s per cell, one prompt per "
+        f"request, {st['max_new_tokens']} new tokens (EOS ignored), at most {st['max_batch']} rows per batch; "
+        f"the baselines gather batches with the service's rule ({st['batch_window_ms']:.0f} ms gap, at most "
+        f"{st['batch_max_wait_ms']:.0f} ms). Every system runs at once in its own process; each cell ran "
+        f"{st.get('repeats', 1)} times, the systems' order rotated between repeats. Figures are medians over the "
+        "repeats with [smallest, largest]; ratios are between medians of the same run.",
         "",
-        "| tasks in mix | system | tokens/s | p50 ms | p99 ms | requests | errors | treelora tokens/s ÷ this |",
-        "|---|---|---|---|---|---|---|---|",
+        "| tasks in mix | system | tokens/s | p50 ms | p99 ms | treelora tokens/s ÷ this | this p99 ÷ base p99 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for mix, systems in data["mixes"].items():
+
+    def fig(r: dict[str, Any], k: str, fmt: str) -> str:
+        lo_hi = r.get(f"{k}_range")
+        return f"{r[k]:{fmt}}" + (f" [{lo_hi[0]:{fmt}}, {lo_hi[1]:{fmt}}]" if lo_hi and lo_hi[0] != lo_hi[1] else "")
+
+    for mix in ("1", "8", "32", "10", "100", "1000"):
+        systems = mixes.get(mix, {})
         ours = systems.get("treelora", {}).get("tokens_per_s")
+        base_p99 = systems.get("base", {}).get("p99_ms")
         for name, r in systems.items():
             ratio = f"{ours / r['tokens_per_s']:.2f}" if ours and r["tokens_per_s"] else "-"
+            p99 = f"{r['p99_ms'] / base_p99:.2f}" if base_p99 else "-"
+            label = f"{mix} (random adapters)" if mix in ("10", "100", "1000") else mix
             out.append(
-                f"| {mix} | {name} | {r['tokens_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                f"{r['requests']} | {r['errors']} | {ratio} |"
+                f"| {label} | {name} | {fig(r, 'tokens_per_s', '.1f')} | {fig(r, 'p50_ms', '.0f')} | "
+                f"{fig(r, 'p99_ms', '.0f')} | {ratio} | {p99} |"
             )
     out.append("")
+    many = [(m, mixes[m]["treelora"]) for m in ("10", "100", "1000") if "treelora" in mixes.get(m, {})]
+    if many:
+        out += [
+            f"The random-adapter stream under an adapter pool of {st['adapter_cache_bytes'] / 2**30:.2f} GiB (medians "
+            "of the repeats; hit rate and cold loads over each cell, the service's resident memory at most):",
+            "",
+            "| tasks in mix | pool hit rate | cold loads | cold load ms (mean) | pool bytes | service RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m, r in many:
+            runs = r.get("runs", [r])
+
+            def med(k: str, runs: list[dict[str, Any]] = runs) -> Any:
+                vals = sorted(x[k] for x in runs if x.get(k) is not None)
+                return vals[len(vals) // 2] if vals else None
+
+            hit, loads, ms = med("pool_hit_rate"), med("cold_loads"), med("cold_load_ms_mean")
+            pool, rss = med("pool_bytes"), med("rss_mb_max")
+            out.append(
+                f"| {m} | {'-' if hit is None else f'{100 * hit:.1f}%'} | {loads} | {'-' if ms is None else ms} | "
+                f"{'-' if pool is None else f'{pool / 2**20:.0f} MiB'} | {rss} |"
+            )
+        out.append("")
+    ml = mixes.get("mixed_lengths")
+    if ml:
+        out += [
+            f"Mixed answer lengths ({st.get('mixed_lengths', '')}, the {st['tasks']}-task mix): step-level "
+            "batching against request-level batching, the same service otherwise:",
+            "",
+            "| batching | tokens/s | p50 ms | p99 ms |",
+            "|---|---|---|---|",
+        ]
+        for name, r in ml.items():
+            out.append(
+                f"| {name} | {fig(r, 'tokens_per_s', '.1f')} | {fig(r, 'p50_ms', '.0f')} | {fig(r, 'p99_ms', '.0f')} |"
+            )
+        out.append("")
+    rm = data.get("router_ms")
+    if rm:
+        out += [
+            "Routing cost (the router alone, flat, median of 20): "
+            + "; ".join(
+                f"{v['tasks']:.0f} tasks: {v['ms_1_rows']} ms for one prompt, {v['ms_32_rows']} ms for 32"
+                for v in rm.values()
+            )
+            + ".",
+            "",
+        ]
     ra = data.get("routing_accuracy")
     if ra:
         out += [

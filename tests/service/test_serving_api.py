@@ -186,3 +186,25 @@ def test_a_stream_of_many_registered_tasks_serves_each_of_them(wclient: TestClie
     assert loaded == 1 + 4 + len(names[::7])  # the root, the families, each task's own node: no node twice
     routed = wclient.post("/v1/streams/many/predict", json={**body, "task": "auto"}).json()["predictions"][0]
     assert routed["task"] in names and 0 <= routed["confidence"] <= 1
+
+
+def test_torch_threads_are_pinned_by_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TREELORA_TORCH_THREADS` reaches torch before a process loads its first model; unset, torch
+    keeps its own default."""
+    import torch
+
+    from api.learners import use_threads
+
+    monkeypatch.setenv("TREELORA_TORCH_THREADS", "1")
+    pinned = Settings()
+    assert pinned.torch_threads == 1
+    monkeypatch.delenv("TREELORA_TORCH_THREADS")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        use_threads(Settings())
+        assert torch.get_num_threads() == 2
+        use_threads(pinned)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
