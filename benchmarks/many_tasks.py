@@ -98,7 +98,8 @@ def register(
         width = next(iter(shapes.values()))[0]
         for task in names:
             direction = torch.randn(width, generator=gen)
-            router.add(task, direction + 0.5 * torch.randn(8, width, generator=gen) * rng.uniform(0.5, 1.5))
+            router.add(task, direction + 0.5 * torch.randn(8, width, generator=gen) * rng.uniform(0.5, 1.5), False)
+        router.calibrate()  # once: refitting after each of N tasks costs N times one refit
         extras = store.put(st.save({f"router/{k}": v.contiguous() for k, v in router.state().items()}))
         first, job = tasks.submit_task(
             session=session,

@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="default: the profile's")
     ap.add_argument("--port", type=int, default=8190)
     args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # this process only registers tasks and times the router: the services compute
     prof = PROFILES[args.profile]
     n, clients, secs, new = prof["tasks"], int(prof["clients"]), prof["seconds"], int(prof["max_new_tokens"])
     repeats = int(args.repeats or prof["repeats"])

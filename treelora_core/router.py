@@ -114,9 +114,11 @@ class PrototypeRouter:
         self.base_view = self.DISCRIMINANT  # the view of the three that routes the kept prompts best
         self.calibrator: Calibrator | None = None
 
-    def add(self, name: str, embeddings: torch.Tensor) -> None:
+    def add(self, name: str, embeddings: torch.Tensor, calibrate: bool = True) -> None:
         """Learn (or replace) a task's prototypes from its training prompts' embeddings, keep
-        some of them as cross-fitted held-out prompts, and refit the calibration."""
+        some of them as cross-fitted held-out prompts, and refit the calibration (`calibrate`;
+        False: the caller adds many tasks and calls `calibrate()` once at the end, since a refit
+        reads every task's held-out prompts against every task)."""
         x = F.normalize(embeddings.float(), dim=-1)
         cent = kmeans(x, self.per_task)
         mean = x.mean(0)
@@ -155,7 +157,8 @@ class PrototypeRouter:
                 own[fold, 1] = h @ F.normalize(rest[-1], dim=0)
             self.heldout[name] = (held, own)
             self.fold_means[name] = torch.stack(rest)
-        self.calibrate()
+        if calibrate:
+            self.calibrate()
 
     def heldout_views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every task's held-out prompts as score views (each (N, tasks), each row's own task
