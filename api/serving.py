@@ -315,20 +315,31 @@ class ServedCache:
     def __init__(self, settings: Settings, store: BlobStore, size: int = 64) -> None:
         self.settings, self.store, self.size = settings, store, size
         self._items: OrderedDict[tuple[str, int], Served] = OrderedDict()
+        self._building: dict[tuple[str, int], threading.Lock] = {}  # one build per version at a time
         self._lock = threading.Lock()
 
     def get(self, stream: Stream) -> Served:
-        """The stream's version `stream.tree_version`; its row is read only when not cached."""
+        """The stream's version `stream.tree_version`; its row is read only when not cached, and
+        once however many requests ask for it at the same time (the others wait for that read:
+        a version of 1,000 tasks takes about a second to build, and 32 requests building it each
+        at once would hold every one of them for half a minute)."""
         key = (stream.id, stream.tree_version)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        served = self._build(stream, latest_version(settings=self.settings, stream=stream))
-        with self._lock:
-            self._items[key] = served
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self._items:  # built while this request waited
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            served = self._build(stream, latest_version(settings=self.settings, stream=stream))
+            with self._lock:
+                self._items[key] = served
+                self._building.pop(key, None)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
         return served
 
     def _build(self, stream: Stream, tv: TreeVersion) -> Served:

@@ -399,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         names = [t.name for t in tasks]
         for url in urls.values():  # warm up
             asyncio.run(load(url, names[:1], prompts, clients=2, seconds=3, max_new_tokens=2, seed=0, body={}))
+        many_url = f"{base}/v1/streams/{many_stream}/predict"  # its version loaded once, not in a cell
+        asyncio.run(load(many_url, ["t0000"], prompts, clients=1, seconds=1, max_new_tokens=1, seed=0, body={}))
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
         def cell(
@@ -437,7 +439,6 @@ def main(argv: list[str] | None = None) -> None:
 
         systems = [s for s in args.systems if s in urls]
         many_names = [f"t{k:04d}" for k in range(many)]
-        many_url = f"{base}/v1/streams/{many_stream}/predict"
         mixes = [m for m in (1, 8, 32) if m <= len(tasks)]
         for rep in range(repeats):
             order = systems[rep % len(systems) :] + systems[: rep % len(systems)]

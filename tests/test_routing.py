@@ -55,11 +55,19 @@ def test_a_router_without_some_tasks_never_picks_them() -> None:
 def test_committed_serving_benchmark_has_the_documented_shape() -> None:
     path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "serving.json"
     data = json.loads(path.read_text())
-    assert set(data["mixes"]) == {"1", "8", "32"} and isinstance(data["model"], str)
-    for systems in data["mixes"].values():
-        assert set(systems) == {"treelora", "base", "peft_switch", "peft_mixed", "merged_switch"}
+    assert set(data["mixes"]) == {"1", "8", "32", "10", "100", "1000", "mixed_lengths"}
+    assert isinstance(data["model"], str) and data["setup"]["repeats"] >= 3
+    for mix, systems in data["mixes"].items():
+        if mix in ("1", "8", "32"):
+            assert set(systems) == {"treelora", "base", "peft_switch", "peft_mixed", "merged_switch"}
+        elif mix == "mixed_lengths":
+            assert set(systems) == {"treelora", "treelora_request_level"}
+        else:
+            assert set(systems) == {"treelora"} and systems["treelora"]["runs"][0]["pool_hit_rate"] is not None
         for r in systems.values():
             assert {"tokens_per_s", "p50_ms", "p99_ms"} <= set(r) and r["errors"] == 0
+            assert len(r["runs"]) == data["setup"]["repeats"]
+            assert sorted([r["tokens_per_s"], *r["tokens_per_s_range"]])[1] == r["tokens_per_s"]  # a median
 
 
 def _shared_topics(seed: int, n: int) -> list[torch.Tensor]:

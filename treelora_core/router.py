@@ -113,6 +113,8 @@ class PrototypeRouter:
         self.fold_means: dict[str, torch.Tensor] = {}
         self.base_view = self.DISCRIMINANT  # the view of the three that routes the kept prompts best
         self.calibrator: Calibrator | None = None
+        self._stack: tuple[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # see `_stacked`
+        self._weights: tuple[torch.Tensor, ...] | None = None  # see `discriminant_scores`
 
     def add(self, name: str, embeddings: torch.Tensor, calibrate: bool = True) -> None:
         """Learn (or replace) a task's prototypes from its training prompts' embeddings, keep
@@ -245,11 +247,11 @@ class PrototypeRouter:
     @property
     def centroids(self) -> list[torch.Tensor]:
         """Per task (C,): its mean, L2-normalised."""
-        return [F.normalize(m, dim=0) for m in self.means]
+        return list(F.normalize(self._stacked()[2], dim=1))
 
     def centroid_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, tasks): similarity to each task's centroid."""
-        return F.normalize(embeddings.float(), dim=-1) @ torch.stack(self.centroids).T
+        return F.normalize(embeddings.float(), dim=-1) @ F.normalize(self._stacked()[2], dim=1).T
 
     def precision(self) -> torch.Tensor:
         """(C, C): the inverse of the pooled within-task covariance shrunk towards a scaled identity
@@ -282,8 +284,14 @@ class PrototypeRouter:
         return x @ pm.T - 0.5 * (pm * means).sum(1)
 
     def discriminant_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(N, C) -> (N, tasks): each task's linear discriminant (see the module's note)."""
-        return self._discriminant(embeddings, torch.stack(self.means))
+        """(N, C) -> (N, tasks): each task's linear discriminant (see the module's note); its
+        weights (the means times the precision) are kept while neither changes."""
+        means, precision = self._stacked()[2], self.precision()
+        if self._weights is None or self._weights[0] is not means or self._weights[1] is not precision:
+            pm = means @ precision
+            self._weights = (means, precision, pm, 0.5 * (pm * means).sum(1))
+        _, _, pm, bias = self._weights
+        return F.normalize(embeddings.float(), dim=-1) @ pm.T - bias
 
     def confidence(self, views: list[torch.Tensor], picks: torch.Tensor) -> torch.Tensor:
         """Score `views` of N inputs and (N,) picked task indices -> (N,) probability that each
@@ -332,9 +340,27 @@ class PrototypeRouter:
         return out
 
     def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(N, C) -> (N, tasks): each task's best prototype similarity."""
+        """(N, C) -> (N, tasks): each task's best prototype similarity (one product with every
+        prototype at once: routing among 1,000 tasks is one GEMM, not 1,000)."""
         x = F.normalize(embeddings.float(), dim=-1)
-        return torch.stack([(x @ p.T).max(1).values for p in self.protos], dim=1)
+        protos, pad = self._stacked()[:2]
+        sims = (x @ protos.flatten(0, 1).T).view(len(x), *pad.shape).masked_fill(pad, -math.inf)
+        return sims.max(2).values
+
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every task's prototypes (tasks, k, C) zero-padded to the most any task has, which of
+        them are padding (tasks, k), and the means (tasks, C); rebuilt when a task's prototypes
+        or mean is replaced."""
+        key = (*self.protos, *self.means)  # the tensors themselves: replaced ones are never the same
+        cached = self._stack
+        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key, strict=True)):
+            k = max(len(p) for p in self.protos)
+            protos = torch.zeros(len(self.protos), k, self.protos[0].shape[1])
+            pad = torch.ones(len(self.protos), k, dtype=torch.bool)
+            for i, p in enumerate(self.protos):
+                protos[i, : len(p)], pad[i, : len(p)] = p, False
+            cached = self._stack = (key, (protos, pad, torch.stack(self.means)))
+        return cached[1]
 
     def route(self, embeddings: torch.Tensor, nodes: list[dict] | None = None) -> list[tuple[str, float]]:
         """(task, confidence) per input: the best prototype's task, or with a tree view's `nodes`

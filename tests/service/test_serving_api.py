@@ -4,6 +4,7 @@ resolved keeps its version; scoring, routing flags and the cache counters."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.db import session_factory
 from api.models import Stream
-from api.serving import Batcher, Request
+from api.serving import Batcher, Request, ServedCache
 from api.settings import Settings
 from api.step_batcher import StepBatcher
 from api.storage import BlobNotFound
@@ -208,3 +209,26 @@ def test_torch_threads_are_pinned_by_the_setting(monkeypatch: pytest.MonkeyPatch
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_concurrent_first_requests_build_a_version_once(
+    wclient: TestClient, wsettings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests that arrive together for a version not served yet wait for one build of it,
+    instead of each building it (a thundering herd on every commit)."""
+    learn(wclient, wsettings, WORDS[:1])
+    inference = wclient.app.state.inference  # type: ignore[attr-defined]
+    with session_factory(wsettings.db_url)() as s:
+        stream = s.query(Stream).one()
+    cache = ServedCache(wsettings, inference.store)
+    real, builds = cache._build, []
+
+    def counted(*args: Any) -> Any:
+        builds.append(1)
+        time.sleep(0.3)  # long enough for every thread to arrive while it runs
+        return real(*args)
+
+    monkeypatch.setattr(cache, "_build", counted)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: cache.get(stream), range(8)))
+    assert len(builds) == 1 and all(g is got[0] for g in got) and got[0].version == stream.tree_version
