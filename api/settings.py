@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # "step": rows join and leave the running batch between decoding steps (continuous batching);
     # "request": a batch is formed from the requests that arrived together and runs to its longest answer
     batching: Literal["step", "request"] = "step"
+    # step-level only: prompt tokens prefilled between two decoding steps at most (0: no limit), so that
+    # requests arriving do not stretch the steps of the rows already decoding
+    prefill_tokens_per_step: int = Field(default=0, ge=0)
     adapter_cache_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # node adapters kept in memory
     # below it, auto routing says so (`low_confidence`); None: the stream's router's calibrated threshold
     route_min_confidence: float | None = Field(default=None, ge=0, le=1)

@@ -162,9 +162,15 @@ class StepBatcher(Batcher):
     # -- decoding -----------------------------------------------------------------------------------
 
     def _join(self, batch: StepBatch[_Row], pending: deque[_Row]) -> None:
+        """Let pending rows join while slots are free and, with a prefill budget, while their
+        prompts fit in it (one row joins at each step whatever its length: none waits forever)."""
         rows: list[_Row] = []
+        budget, spent = self.settings.prefill_tokens_per_step, 0
         while pending and len(batch) + len(rows) < self.settings.max_batch:
+            if budget and rows and spent + len(pending[0].prompt) > budget:
+                break
             row = pending.popleft()
+            spent += len(row.prompt)
             if not row.of.req.future.done():
                 rows.append(row)
             else:

@@ -67,6 +67,13 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 STREAM = "serving-bench"
+# the service under other schedules (settings), compared with `treelora` on mixed answer lengths
+SCHEDULES = {
+    "treelora_request_level": {"TREELORA_BATCHING": "request"},
+    "treelora_prefill_64": {"TREELORA_PREFILL_TOKENS_PER_STEP": "64"},
+    "treelora_prefill_256": {"TREELORA_PREFILL_TOKENS_PER_STEP": "256"},
+}
+CELLS = ("mixes", "many", "mixed_lengths")
 
 
 def start(args: list[str], env: dict[str, str], log: Path, url: str, timeout: float = 300) -> Any:
@@ -297,11 +304,11 @@ def start_systems(args: argparse.Namespace, base_port: int, systems: list[str], 
     s = Settings()
     for k, system in enumerate(systems):
         port = base_port + 1 + k
-        if system == "treelora_request_level":  # the same service and data, request-level batching
+        if system in SCHEDULES:  # the same service and data, another schedule
             cmd = ["-m", "api.serve", "--port", str(port), "--no-worker"]
             proc = start(
                 cmd,
-                {**env, "TREELORA_BATCHING": "request"},
+                {**env, **SCHEDULES[system]},
                 args.state / f"{system}.log",
                 f"http://127.0.0.1:{port}/readyz",
             )
@@ -354,6 +361,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--systems", nargs="*", default=["treelora", *SYSTEMS])
     ap.add_argument("--repeats", type=int, default=None, help="default: the profile's")
     ap.add_argument("--port", type=int, default=8190)
+    ap.add_argument(
+        "--cells",
+        nargs="*",
+        choices=CELLS,
+        default=list(CELLS),
+        help="run only these cells and update them in the existing JSON (routing and the load test run with mixes)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -392,9 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         teach(base, tasks)
         export(base, tasks, args.state / "adapters")
-        others = start_systems(
-            args, args.port, [s for s in args.systems if s != "treelora"] + ["treelora_request_level"], env
-        )
+        baselines = [s for s in args.systems if s != "treelora"] if "mixes" in args.cells else []
+        schedules = list(SCHEDULES) if "mixed_lengths" in args.cells else []
+        others = start_systems(args, args.port, baselines + schedules, env)
         urls = {"treelora": f"{base}/v1/streams/{STREAM}/predict", **{k: u for k, (u, _) in others.items()}}
         names = [t.name for t in tasks]
         for url in urls.values():  # warm up
@@ -440,33 +454,37 @@ def main(argv: list[str] | None = None) -> None:
         systems = [s for s in args.systems if s in urls]
         many_names = [f"t{k:04d}" for k in range(many)]
         mixes = [m for m in (1, 8, 32) if m <= len(tasks)]
+        scheduled = ["treelora", *SCHEDULES]
         for rep in range(repeats):
             order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
-            for m in mixes:
+            for m in mixes if "mixes" in args.cells else []:
                 for system in order:
                     cell(str(m), system, urls[system], names[:m], new, seed=100 * rep + m)
-            for m in (10, 100, 1000):
+            for m in (10, 100, 1000) if "many" in args.cells else ():
                 if m <= many:
                     cell(str(m), "treelora", many_url, many_names[:m], new, seed=100 * rep + m)
-            pair = ["treelora", "treelora_request_level"][:: 1 if rep % 2 == 0 else -1]
-            for system in pair:
+            for system in scheduled[rep % 4 :] + scheduled[: rep % 4] if "mixed_lengths" in args.cells else []:
                 lengths = (4,) * 33 + tuple(range(32, 65))  # half 4 tokens, half 32..64
                 cell("mixed_lengths", system, urls[system], names, lengths, seed=100 * rep + 7)
+        if set(args.cells) != set(CELLS):  # update these cells in the committed results
+            name = "serving" if args.profile == "full" else f"serving-{args.profile}"
+            results = {**json.loads((args.out / f"{name}.json").read_text()), "model": results["model"]}
         for mix, cells in runs.items():
             results["mixes"][mix] = {system: medians(rs) for system, rs in cells.items()}
-        results["routing_accuracy"] = routing_accuracy(base, tasks)
-        tqdm.write(f"routing accuracy: {results['routing_accuracy']}")
-        results["router_ms"] = {"32": router_cost(data_dir, STREAM), str(many): router_cost(data_dir, many_stream)}
-        results["load"] = asyncio.run(
-            load_test(
-                f"{base}/v1/streams/{STREAM}/predict",
-                tasks,
-                service.pid,
-                clients=2 * clients,
-                seconds=prof["load_seconds"],
+        if "mixes" in args.cells:  # routing, the router's cost and the load test go with the full cells
+            results["routing_accuracy"] = routing_accuracy(base, tasks)
+            tqdm.write(f"routing accuracy: {results['routing_accuracy']}")
+            results["router_ms"] = {"32": router_cost(data_dir, STREAM), str(many): router_cost(data_dir, many_stream)}
+            results["load"] = asyncio.run(
+                load_test(
+                    f"{base}/v1/streams/{STREAM}/predict",
+                    tasks,
+                    service.pid,
+                    clients=2 * clients,
+                    seconds=prof["load_seconds"],
+                )
             )
-        )
-        tqdm.write(f"load: { {k: v for k, v in results['load'].items() if k != 'rss_mb_samples'} }")
+            tqdm.write(f"load: { {k: v for k, v in results['load'].items() if k != 'rss_mb_samples'} }")
     finally:
         for _, proc in others.values():
             stop(proc)
@@ -482,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         "mixed_lengths": "half 4 tokens, half uniform in 32..64",
         "ignore_eos": True,
         "batching": "step (treelora), request (the baselines and treelora_request_level)",
+        "schedules": SCHEDULES,
         "batch_window_ms": Settings().batch_window_ms,
         "batch_max_wait_ms": Settings().batch_max_wait_ms,
         "max_batch": Settings().max_batch,

@@ -61,7 +61,7 @@ def test_committed_serving_benchmark_has_the_documented_shape() -> None:
         if mix in ("1", "8", "32"):
             assert set(systems) == {"treelora", "base", "peft_switch", "peft_mixed", "merged_switch"}
         elif mix == "mixed_lengths":
-            assert set(systems) == {"treelora", "treelora_request_level"}
+            assert set(systems) == {"treelora", "treelora_request_level", "treelora_prefill_64", "treelora_prefill_256"}
         else:
             assert set(systems) == {"treelora"} and systems["treelora"]["runs"][0]["pool_hit_rate"] is not None
         for r in systems.values():

@@ -232,3 +232,24 @@ def test_concurrent_first_requests_build_a_version_once(
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda _: cache.get(stream), range(8)))
     assert len(builds) == 1 and all(g is got[0] for g in got) and got[0].version == stream.tree_version
+
+
+def test_a_prefill_budget_lets_one_row_join_per_step(wclient: TestClient, wsettings: Settings) -> None:
+    """With `prefill_tokens_per_step` below one prompt, requests that arrive together join the
+    running batch one per decoding step (one prefill each) and answer as they do alone."""
+    learn(wclient, wsettings, WORDS[:2])
+    inference = wclient.app.state.inference  # type: ignore[attr-defined]
+    with session_factory(wsettings.db_url)() as s:
+        served = inference.served.get(s.query(Stream).one())
+    pairs = [(f"Item {i} of the list: what is it?", w) for i, w in enumerate(["apple", "mango"] * 2)]
+    alone = [predict(wclient, inputs=[p], task=w, ignore_eos=True)["predictions"][0]["output"] for p, w in pairs]
+    for budget, joins in ((1, len(pairs)), (0, 1)):
+        settings = wsettings.model_copy(
+            update={"prefill_tokens_per_step": budget, "batch_window_ms": 200.0, "batch_max_wait_ms": 500.0}
+        )
+        batcher = StepBatcher(settings, inference.store, inference.server)
+        reqs = [Request(served, [p], w, params=GenParams(max_new_tokens=3, ignore_eos=True)) for p, w in pairs]
+        for r in reqs:
+            batcher.put(r)
+        assert [r.future.result(timeout=120)[0]["output"] for r in reqs] == alone
+        assert batcher.batches == joins  # prefills: one per row under the budget, one for all without
