@@ -247,23 +247,6 @@ class Server:
         return out
 
 
-def _pick(logits: torch.Tensor, params: list[GenParams], gens: list[torch.Generator | None]) -> torch.Tensor:
-    """Next token per row: greedy argmax, or temperature + top-p sampling with the row's seed."""
-    out = logits.argmax(-1)
-    for i, p in enumerate(params):
-        if not p.do_sample:
-            continue
-        z = logits[i].double().cpu()  # the max is subtracted first: any temperature > 0 stays finite
-        probs = torch.softmax((z - z.max()) / p.temperature, -1).float()
-        if p.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            cut = sorted_p.cumsum(0) - sorted_p > p.top_p  # keep the smallest prefix reaching top_p
-            sorted_p[cut] = 0.0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-        out[i] = int(torch.multinomial(probs, 1, generator=gens[i]))
-    return out
-
-
 def held_back(text: str, stop: tuple[str, ...]) -> int:
     """Characters at the end of `text` not to stream yet: a character still being decoded (a token
     that ends inside a UTF-8 sequence decodes to U+FFFD) or what may be the start of a stop
@@ -317,8 +300,22 @@ class RowDecoder:
 
 
 def pick(logits: torch.Tensor, rows: Sequence[RowDecoder]) -> list[int]:
-    """The next token of each row from its last logits (N, V): see `_pick`."""
-    return [int(t) for t in _pick(logits, [r.params for r in rows], [r.gen for r in rows])]
+    """The next token of each row from its last logits (N, V): greedy argmax, or temperature +
+    top-p sampling with the row's own seeded sampler."""
+    out = logits.argmax(-1)
+    for i, row in enumerate(rows):
+        p = row.params
+        if not p.do_sample:
+            continue
+        z = logits[i].double().cpu()  # the max is subtracted first: any temperature > 0 stays finite
+        probs = torch.softmax((z - z.max()) / p.temperature, -1).float()
+        if p.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            cut = sorted_p.cumsum(0) - sorted_p > p.top_p  # keep the smallest prefix reaching top_p
+            sorted_p[cut] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+        out[i] = int(torch.multinomial(probs, 1, generator=row.gen))
+    return [int(t) for t in out]
 
 
 @torch.no_grad()
