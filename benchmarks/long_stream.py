@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +52,10 @@ PAIRS = tuple(
     ("treelora", b)
     for b in ("per_task_lora", "lora_top", "o_lora", "seq_lora", "treelora[random_relative]", "treelora[always_share]")
 )
-DEFAULT_METHODS = (
-    "treelora",
-    "per_task_lora",
-    "lora_top",
-    "o_lora",
-    "seq_lora",
-    "treelora[random_relative]",
-    "treelora[always_share]",
-)
+# the issue's five methods, longest cells first so that `--jobs` workers finish together; the
+# search ablations ("Does the search matter?": treelora[random_relative], treelora[always_share])
+# run with `--methods`
+DEFAULT_METHODS = ("per_task_lora", "o_lora", "seq_lora", "treelora", "lora_top")
 
 
 def _row(
@@ -149,9 +146,39 @@ def cells_dir(out: Path, profile: str) -> Path:
     return out / "cells" / f"long-{profile}"
 
 
+def _write_cell(folder: Path, seed: int, method: str, cell: dict[str, Any]) -> None:
+    path = folder / f"seed{seed}" / f"{method}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell) + "\n")
+    os.replace(tmp, path)
+
+
+_WORKER: dict[str, Any] = {}  # a `--jobs` worker process's model, tokenizer and tasks
+
+
+def _worker_init(model: str, device: str, profile: str, threads: int | None) -> None:
+    torch.set_num_threads(threads or 1)
+    prof = PROFILES[profile]
+    tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
+    base, tok = load_base(model, device=device)
+    warm_up(base, tok, [ft.task for ft in tasks], prof)
+    _WORKER.update(base=base, tok=tok, tasks=tasks, profile=profile, model=model)
+
+
+def _worker_cell(seed: int, method: str, folder: Path) -> tuple[int, str, float]:
+    prof = PROFILES[_WORKER["profile"]]
+    t0 = time.time()
+    cell = run_cell(method, method_config(method, prof, seed), _WORKER["base"], _WORKER["tok"], _WORKER["tasks"])
+    cell.update(profile=_WORKER["profile"], model=_WORKER["model"], machine=_machine())
+    _write_cell(folder, seed, method, cell)
+    return seed, method, time.time() - t0
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Run the missing cells; with `--jobs N`, N worker processes (one torch thread each unless
+    `--threads`) take the cells as they free up, each with its own model copy."""
+    t_start = time.time()
     prof = PROFILES[args.profile]
     tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
     folder = cells_dir(args.out, args.profile)
@@ -163,16 +190,24 @@ def cmd_run(args: argparse.Namespace) -> None:
     ]
     if not todo:
         return
-    base, tok = load_base(args.model, device=args.device)
-    warm_up(base, tok, [ft.task for ft in tasks], prof)
-    for seed, m in tqdm(todo, desc="cells long", unit="cell"):
-        cell = run_cell(m, method_config(m, prof, seed), base, tok, tasks)
-        cell.update(profile=args.profile, model=args.model, machine=_machine())
-        path = folder / f"seed{seed}" / f"{m}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cell) + "\n")
-        os.replace(tmp, path)
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        init = (args.model, args.device, args.profile, args.threads)
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
+            futures = [pool.submit(_worker_cell, s, m, folder) for s, m in todo]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="cells long", unit="cell"):
+                seed, method, seconds = fut.result()
+                tqdm.write(f"seed {seed} {method}: {seconds / 60:.1f} min")
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        base, tok = load_base(args.model, device=args.device)
+        warm_up(base, tok, [ft.task for ft in tasks], prof)
+        for seed, m in tqdm(todo, desc="cells long", unit="cell"):
+            cell = run_cell(m, method_config(m, prof, seed), base, tok, tasks)
+            cell.update(profile=args.profile, model=args.model, machine=_machine())
+            _write_cell(folder, seed, m, cell)
+    print(f"{len(todo)} cells in {(time.time() - t_start) / 60:.1f} min with {args.jobs} job(s)")
 
 
 def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:
@@ -428,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         if cmd == "run":
             p.add_argument("--seeds", type=int, nargs="+", default=[0])
             p.add_argument("--threads", type=int, default=None)
+            p.add_argument("--jobs", type=int, default=1, help="cells run at once, one process each")
             p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
         if cmd == "signatures":
             p.add_argument("--pulls", type=int, default=4, help="probe minibatches per task")

