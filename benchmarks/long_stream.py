@@ -240,22 +240,23 @@ def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def final_scores(cell: dict[str, Any]) -> np.ndarray:
-    """(1, T, n) per-example final scores (with routing where the method needs an id), NaN-padded."""
-    final = cell["rows"][str(len(cell["diag"]))]["R_auto" if cell["routed"] else "R"]
+def final_scores(cell: dict[str, Any], task_id: bool = False) -> np.ndarray:
+    """(1, T, n) per-example final scores (with routing where the method needs an id, unless
+    `task_id`), NaN-padded."""
+    final = cell["rows"][str(len(cell["diag"]))]["R_auto" if cell["routed"] and not task_id else "R"]
     x = np.full((1, len(final), max(len(ex) for ex in final)), np.nan)
     for i, ex in enumerate(final):
         x[0, i, : len(ex)] = ex
     return x
 
 
-def final_op_diff(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """OP of a minus OP of b after the last task, with a paired bootstrap interval over the seeds
-    both have and the test examples (the stream's end only: the checkpoints in between are not
-    paired resamples of the same rows)."""
+def final_op_diff(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], task_id: bool = False) -> dict[str, Any]:
+    """OP of a minus OP of b after the last task (with the task id if `task_id`), with a paired
+    bootstrap interval over the seeds both have and the test examples (the stream's end only: the
+    checkpoints in between are not paired resamples of the same rows)."""
     common = sorted(set(a) & set(b))
-    xa = np.stack([final_scores(a[s]) for s in common])  # (S, 1, T, n): one "row", the last
-    xb = np.stack([final_scores(b[s]) for s in common])
+    xa = np.stack([final_scores(a[s], task_id) for s in common])  # (S, 1, T, n): one "row", the last
+    xb = np.stack([final_scores(b[s], task_id) for s in common])
     n = [int((~np.isnan(ex)).sum()) for ex in xa[0, 0]]
     d, ci = stats.bootstrap_diff(stats.op_stat, xa, xb, stats.resamples(len(common), xa.shape[2], n))
     return {"op_diff": round(d, 2), "op_diff_ci": ci, "verdict": stats.verdict(ci), "seeds": common}
@@ -312,8 +313,17 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     pairs = {
         f"{a} vs {b}": final_op_diff(cells[a], cells[b])
         for a, b in PAIRS
-        if a in cells and b in cells and set(cells[a]) & set(cells[b])
+        if "[" not in b and a in cells and b in cells and set(cells[a]) & set(cells[b])
     }
+    # the placement ablations compare the paths the placements built: with the task id, so that a
+    # cell routed by an older router (the ablations' seed 0 cells) compares like with like
+    pairs.update(
+        {
+            f"{a}@task_id vs {b}@task_id": final_op_diff(cells[a], cells[b], task_id=True)
+            for a, b in PAIRS
+            if "[" in b and a in cells and b in cells and set(cells[a]) & set(cells[b])
+        }
+    )
     summary = {
         "profile": args.profile,
         "setup": PROFILES[args.profile].__dict__,

@@ -124,7 +124,7 @@ def _tree_columns(tree: dict[str, Any] | None) -> str:
     return f"{tree['ari']} | {tree['shared_depth_within']} / {tree['shared_depth_across']}"
 
 
-LONG_CMD = "python -m benchmarks.long_stream run --seeds 0 && python -m benchmarks.long_stream aggregate"
+LONG_CMD = "python -m benchmarks.long_stream run --seeds 0 --jobs 2 && python -m benchmarks.long_stream aggregate"
 
 
 def _long_stream(out: list[str], folder: Path) -> None:
@@ -141,7 +141,9 @@ def _long_stream(out: list[str], folder: Path) -> None:
         "OP and forgetting are over all tasks at the end (with routing for methods that need a task id); "
         "seconds are per task, first five tasks against last five; bytes are what the method stores after "
         "the last task; comparisons are the placement's signature comparisons for the last task; routing "
-        "is over every task's test prompts. Seeds listed per row.",
+        "is over every task's test prompts. Seeds listed per row. The `treelora[...]` search ablations (run with "
+        "`--methods`) were routed by the router of their time (nearest prototypes), the other rows by the "
+        "current default (the discriminant): compare their OP with the task id.",
         "",
         "| method | seeds | OP | OP with task id | forgetting | s/task (N 1-5) | s/task (N 16-20) | stored MB "
         "| comparisons (N=20) | routing % | tree ARI vs families | shared blocks within / across |",
@@ -253,10 +255,12 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
         out += [
             "",
             "Long stream (families; intervals over test examples and the seeds listed; s/task is the mean over "
-            "all 20 tasks; shared blocks: mean blocks two tasks share, within a family / across families):",
+            "all 20 tasks; shared blocks: mean blocks two tasks share, within a family / across families). OP "
+            "here is with the task id: it compares the paths each placement rule built, and the ablations' cells "
+            "were routed by the router of their time (nearest prototypes), `treelora`'s by the discriminant:",
             "",
-            "| method | seeds | OP | forgetting | s/task | OP vs `treelora` [95% CI] | verdict | tree ARI "
-            "| shared within / across |",
+            "| method | seeds | OP with task id | forgetting | s/task | OP vs `treelora` [95% CI] | verdict "
+            "| tree ARI | shared within / across |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for m in SEARCH_ROWS:
@@ -264,9 +268,9 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
             if not by_seed:
                 continue
             runs = list(by_seed.values())
-            vs, verdict = _against_treelora(data.get("pairs", {}).get(f"treelora vs {m}"))
+            vs, verdict = _against_treelora(data.get("pairs", {}).get(f"treelora@task_id vs {m}@task_id"))
             out.append(
-                f"| {m} | {', '.join(by_seed)} | {sum(r['op'] for r in runs) / len(runs):.1f} | "
+                f"| {m} | {', '.join(by_seed)} | {sum(r['op_task_id'] for r in runs) / len(runs):.1f} | "
                 f"{sum(r['forgetting'] for r in runs) / len(runs):.1f} | "
                 f"{sum(sum(r['seconds']) / len(r['seconds']) for r in runs) / len(runs):.0f} | {vs} | {verdict} | "
                 f"{_tree_columns(runs[0]['tree'])} |"
@@ -460,11 +464,34 @@ def _routing(out: list[str], folder: Path) -> None:
     ]
     for k, v in r.items():
         for name, a in v.get("alternatives", {}).items():
+            if name.startswith("sentence_encoder"):  # their own table below
+                continue
             threshold = f"{a['threshold']:.3f}" if "threshold" in a else "-"
             out.append(
                 f"| {k} | {name} | {a.get('flat', v['flat'])} | {_num(a.get('ece'))} | {_num(a.get('auroc'))} "
                 f"| {_pct(a.get('low_confidence_right'))} | {_pct(a.get('low_confidence_wrong'))} | {threshold} |"
             )
+    encoders = [
+        (k, name, a)
+        for k, v in r.items()
+        for name, a in v.get("alternatives", {}).items()
+        if name.startswith("sentence_encoder")
+    ]
+    if encoders:
+        out += [
+            "",
+            "The same router on a sentence encoder's embeddings (all-MiniLM-L6-v2; `sentence_encoder_and_model`: "
+            "beside the model's own), against the default (paired, points, 95% bootstrap over the test prompts):",
+            "",
+            "| stream | router input | flat % | minus default [95% CI] | verdict | encoder ms / prompt |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {k} | {name} | {a['flat']} | {a['vs_default']['diff']:+.1f} "
+                f"[{a['vs_default']['ci'][0]:.1f}, {a['vs_default']['ci'][1]:.1f}] | {a['vs_default']['verdict']} "
+                f"| {a['encoder_embed_ms_per_prompt']} |"
+                for k, name, a in encoders
+            ),
+        ]
     out += ["", "![routing reliability](benchmarks/routing-reliability.png)", ""]
     _notes(out, folder, "routing-notes.md")
 
