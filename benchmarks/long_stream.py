@@ -2,7 +2,7 @@
 bytes, placement and routing grow with the number of tasks N, and whether the tree's shape
 follows the families.
 
-    python -m benchmarks.long_stream run --seeds 0          # the missing cells (resumable)
+    python -m benchmarks.long_stream run --seeds 0 --jobs 2 # the missing cells (resumable), two at a time
     python -m benchmarks.long_stream aggregate              # docs/benchmarks/long-stream.json + .png
     python -m benchmarks.long_stream signatures             # do block cosines separate the families?
 
