@@ -48,10 +48,10 @@ PROFILES = {
 }
 CHECKPOINTS = (5, 10, 15, 20)
 # paired OP differences at the end of the stream (a minus b)
-PAIRS = tuple(
-    ("treelora", b)
-    for b in ("per_task_lora", "lora_top", "o_lora", "seq_lora", "treelora[random_relative]", "treelora[always_share]")
-)
+PAIRS = tuple(("treelora", b) for b in ("per_task_lora", "lora_top", "o_lora", "seq_lora"))
+# the placement ablations: compared with the task id (the paths each placement built), so that a
+# cell routed by an older router (their seed 0 cells) compares like with like
+ABLATION_PAIRS = tuple(("treelora", b) for b in ("treelora[random_relative]", "treelora[always_share]"))
 # the issue's five methods, longest cells first so that `--jobs` workers finish together; the
 # search ablations ("Does the search matter?": treelora[random_relative], treelora[always_share])
 # run with `--methods`
@@ -146,19 +146,12 @@ def cells_dir(out: Path, profile: str) -> Path:
     return out / "cells" / f"long-{profile}"
 
 
-def _write_cell(folder: Path, seed: int, method: str, cell: dict[str, Any]) -> None:
-    path = folder / f"seed{seed}" / f"{method}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell) + "\n")
-    os.replace(tmp, path)
-
-
-_WORKER: dict[str, Any] = {}  # a `--jobs` worker process's model, tokenizer and tasks
+_WORKER: dict[str, Any] = {}  # this process's model, tokenizer and tasks (one per `--jobs` worker)
 
 
 def _worker_init(model: str, device: str, profile: str, threads: int | None) -> None:
-    torch.set_num_threads(threads or 1)
+    if threads:
+        torch.set_num_threads(threads)
     prof = PROFILES[profile]
     tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
     base, tok = load_base(model, device=device)
@@ -171,7 +164,11 @@ def _worker_cell(seed: int, method: str, folder: Path) -> tuple[int, str, float]
     t0 = time.time()
     cell = run_cell(method, method_config(method, prof, seed), _WORKER["base"], _WORKER["tok"], _WORKER["tasks"])
     cell.update(profile=_WORKER["profile"], model=_WORKER["model"], machine=_machine())
-    _write_cell(folder, seed, method, cell)
+    path = folder / f"seed{seed}" / f"{method}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell) + "\n")
+    os.replace(tmp, path)
     return seed, method, time.time() - t0
 
 
@@ -179,8 +176,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Run the missing cells; with `--jobs N`, N worker processes (one torch thread each unless
     `--threads`) take the cells as they free up, each with its own model copy."""
     t_start = time.time()
-    prof = PROFILES[args.profile]
-    tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
     folder = cells_dir(args.out, args.profile)
     todo = [
         (s, m)
@@ -192,21 +187,16 @@ def cmd_run(args: argparse.Namespace) -> None:
         return
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")
-        init = (args.model, args.device, args.profile, args.threads)
+        init = (args.model, args.device, args.profile, args.threads or 1)
         with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
             futures = [pool.submit(_worker_cell, s, m, folder) for s, m in todo]
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="cells long", unit="cell"):
-                seed, method, seconds = fut.result()
+            done = (f.result() for f in as_completed(futures))
+            for seed, method, seconds in tqdm(done, total=len(futures), desc="cells long", unit="cell"):
                 tqdm.write(f"seed {seed} {method}: {seconds / 60:.1f} min")
     else:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        base, tok = load_base(args.model, device=args.device)
-        warm_up(base, tok, [ft.task for ft in tasks], prof)
-        for seed, m in tqdm(todo, desc="cells long", unit="cell"):
-            cell = run_cell(m, method_config(m, prof, seed), base, tok, tasks)
-            cell.update(profile=args.profile, model=args.model, machine=_machine())
-            _write_cell(folder, seed, m, cell)
+        _worker_init(args.model, args.device, args.profile, args.threads)
+        for seed, method in tqdm(todo, desc="cells long", unit="cell"):
+            _worker_cell(seed, method, folder)
     print(f"{len(todo)} cells in {(time.time() - t_start) / 60:.1f} min with {args.jobs} job(s)")
 
 
@@ -311,19 +301,11 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     methods = {m: {str(s): summarise_cell(c) for s, c in sorted(by.items())} for m, by in cells.items()}
     any_cell = next(iter(next(iter(cells.values())).values()))
     pairs = {
-        f"{a} vs {b}": final_op_diff(cells[a], cells[b])
-        for a, b in PAIRS
-        if "[" not in b and a in cells and b in cells and set(cells[a]) & set(cells[b])
+        f"{a}{suffix} vs {b}{suffix}": final_op_diff(cells[a], cells[b], task_id=bool(suffix))
+        for suffix, pairs_of in (("", PAIRS), ("@task_id", ABLATION_PAIRS))
+        for a, b in pairs_of
+        if a in cells and b in cells and set(cells[a]) & set(cells[b])
     }
-    # the placement ablations compare the paths the placements built: with the task id, so that a
-    # cell routed by an older router (the ablations' seed 0 cells) compares like with like
-    pairs.update(
-        {
-            f"{a}@task_id vs {b}@task_id": final_op_diff(cells[a], cells[b], task_id=True)
-            for a, b in PAIRS
-            if "[" in b and a in cells and b in cells and set(cells[a]) & set(cells[b])
-        }
-    )
     summary = {
         "profile": args.profile,
         "setup": PROFILES[args.profile].__dict__,

@@ -318,8 +318,7 @@ def run(stream: str, learner: ContinualLearner, folder: Path, trace_root: Path) 
     out["alternatives"] = alternatives(router, views, picks, right)
     out["alternatives"]["nearest_examples"] = nearest_examples(train, torch.cat(test), labels)
     for name, alt in encoder_routers(tasks, train, test, labels).items():
-        alt_right = torch.tensor(alt.pop("right"))
-        alt["vs_default"] = stats.paired_rate_diff(alt_right.numpy(), right.numpy())
+        alt["vs_default"] = stats.paired_rate_diff(np.array(alt.pop("right")), right.numpy())
         out["alternatives"][name] = alt
     for name, other in (
         ("router_linear", PrototypeRouter(head=True)),  # the linear head, where it earns its place
