@@ -2,6 +2,7 @@
 early-stopping rule, run as resumable cells (stream x method x seed) and aggregated with intervals.
 
     python -m benchmarks.continual run --stream wordnet --seeds 0 1 2      # runs the missing cells
+    python -m benchmarks.continual run --stream wordnet --seeds 3 --jobs 2 # one seed, two cells at a time
     python -m benchmarks.continual run --stream mixed --seeds 0 1 2 --trace-root ../shared/data/trace-500
     python -m benchmarks.continual tune-ewc --stream wordnet                # EWC's lambda on validation loss
     python -m benchmarks.continual aggregate --stream wordnet               # JSON, details, plot
@@ -21,7 +22,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from treelora_core.metrics import example_scores
 from treelora_core.models import DEFAULT_MODEL, load_base
 
 from . import stats
+from .cell_pool import run_cells, write_cell
 
 # method name -> (strategy, config sections that differ from the strategy's defaults)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -229,10 +230,30 @@ def _setup(args: argparse.Namespace) -> tuple[Profile, list[Task], Any, Any]:
     return prof, tasks, base, tok
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+_WORKER: dict[str, Any] = {}  # this process's model, tokenizer, tasks and settings (one per `--jobs` worker)
+
+
+def _worker_init(args: argparse.Namespace, threads: int | None, lam: float | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     prof, tasks, base, tok = _setup(args)
+    warm_up(base, tok, tasks, prof)
+    _WORKER.update(args=args, prof=prof, tasks=tasks, base=base, tok=tok, lam=lam)
+
+
+def _worker_cell(seed: int, method: str) -> float:
+    args, prof = _WORKER["args"], _WORKER["prof"]
+    t0 = time.time()
+    cfg = method_config(method, prof, seed, _WORKER["lam"])
+    cell = run_cell(method, cfg, _WORKER["base"], _WORKER["tok"], _WORKER["tasks"])
+    cell.update(stream=args.stream, profile=args.profile, model=args.model, machine=_machine())
+    write_cell(cells_dir(args.out, args.stream, args.profile) / f"seed{seed}" / f"{method}.json", cell)
+    return time.time() - t0
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Run the missing cells; with `--jobs N`, N worker processes (one torch thread each unless
+    `--threads`) take the cells as they free up, each with its own model copy."""
     folder = cells_dir(args.out, args.stream, args.profile)
     lam = ewc_lambda(args.out, args.stream, args.profile)
     if "ewc" in args.methods and lam is None:
@@ -243,17 +264,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         for m in args.methods[k:] + args.methods[:k]:  # the order rotates between seeds
             if not (folder / f"seed{seed}" / f"{m}.json").exists():
                 todo.append((seed, m))
-    if not todo:
-        return
-    warm_up(base, tok, tasks, prof)
-    for seed, m in tqdm(todo, desc=f"cells {args.stream}", unit="cell"):
-        cell = run_cell(m, method_config(m, prof, seed, lam), base, tok, tasks)
-        cell.update(stream=args.stream, profile=args.profile, model=args.model, machine=_machine())
-        path = folder / f"seed{seed}" / f"{m}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cell) + "\n")
-        os.replace(tmp, path)  # a cell appears whole or not at all
+    if todo:
+        threads = args.threads or (1 if args.jobs > 1 else None)
+        run_cells(todo, args.jobs, _worker_init, (args, threads, lam), _worker_cell, f"cells {args.stream}")
 
 
 def cmd_tune_ewc(args: argparse.Namespace) -> None:
@@ -427,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--device", default="cpu", help="torch device, e.g. cuda for the full profile")
         if cmd == "run":
             p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-            p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+            p.add_argument("--threads", type=int, default=None, help="torch threads (torch's own; 1 with --jobs)")
+            p.add_argument("--jobs", type=int, default=1, help="worker processes running cells side by side")
             p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = ap.parse_args(argv)
     {"run": cmd_run, "tune-ewc": cmd_tune_ewc, "aggregate": cmd_aggregate}[args.cmd](args)

@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ from treelora_core.signatures import Prober, depth_weights
 from treelora_core.strategies.treelora import TreeConfig
 
 from . import stats
+from .cell_pool import run_cells, write_cell
 from .continual import METHODS, Profile, _machine, auto_scores, method_config, task_seconds, warm_up
 from .families import FamilyTask, family_stream
 
@@ -149,33 +147,28 @@ def cells_dir(out: Path, profile: str) -> Path:
 _WORKER: dict[str, Any] = {}  # this process's model, tokenizer and tasks (one per `--jobs` worker)
 
 
-def _worker_init(model: str, device: str, profile: str, threads: int | None) -> None:
+def _worker_init(model: str, device: str, profile: str, threads: int | None, folder: Path) -> None:
     if threads:
         torch.set_num_threads(threads)
     prof = PROFILES[profile]
     tasks = family_stream(prof.n_train, prof.n_test)[: prof.n_tasks]
     base, tok = load_base(model, device=device)
     warm_up(base, tok, [ft.task for ft in tasks], prof)
-    _WORKER.update(base=base, tok=tok, tasks=tasks, profile=profile, model=model)
+    _WORKER.update(base=base, tok=tok, tasks=tasks, profile=profile, model=model, folder=folder)
 
 
-def _worker_cell(seed: int, method: str, folder: Path) -> tuple[int, str, float]:
+def _worker_cell(seed: int, method: str) -> float:
     prof = PROFILES[_WORKER["profile"]]
     t0 = time.time()
     cell = run_cell(method, method_config(method, prof, seed), _WORKER["base"], _WORKER["tok"], _WORKER["tasks"])
     cell.update(profile=_WORKER["profile"], model=_WORKER["model"], machine=_machine())
-    path = folder / f"seed{seed}" / f"{method}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell) + "\n")
-    os.replace(tmp, path)
-    return seed, method, time.time() - t0
+    write_cell(_WORKER["folder"] / f"seed{seed}" / f"{method}.json", cell)
+    return time.time() - t0
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     """Run the missing cells; with `--jobs N`, N worker processes (one torch thread each unless
     `--threads`) take the cells as they free up, each with its own model copy."""
-    t_start = time.time()
     folder = cells_dir(args.out, args.profile)
     todo = [
         (s, m)
@@ -183,21 +176,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         for m in args.methods[s % len(args.methods) :] + args.methods[: s % len(args.methods)]
         if not (folder / f"seed{s}" / f"{m}.json").exists()
     ]
-    if not todo:
-        return
-    if args.jobs > 1:
-        ctx = multiprocessing.get_context("spawn")
-        init = (args.model, args.device, args.profile, args.threads or 1)
-        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
-            futures = [pool.submit(_worker_cell, s, m, folder) for s, m in todo]
-            done = (f.result() for f in as_completed(futures))
-            for seed, method, seconds in tqdm(done, total=len(futures), desc="cells long", unit="cell"):
-                tqdm.write(f"seed {seed} {method}: {seconds / 60:.1f} min")
-    else:
-        _worker_init(args.model, args.device, args.profile, args.threads)
-        for seed, method in tqdm(todo, desc="cells long", unit="cell"):
-            _worker_cell(seed, method, folder)
-    print(f"{len(todo)} cells in {(time.time() - t_start) / 60:.1f} min with {args.jobs} job(s)")
+    if todo:
+        threads = args.threads or (1 if args.jobs > 1 else None)
+        init = (args.model, args.device, args.profile, threads, folder)
+        run_cells(todo, args.jobs, _worker_init, init, _worker_cell, "cells long")
 
 
 def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:

@@ -29,11 +29,13 @@ KEYS = {
 
 def test_smoke_benchmark_writes_the_documented_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
     common = ["--stream", "wordnet", "--profile", "smoke", "--out", str(tmp_path)]
-    continual.main(["run", *common, "--seeds", "0", "--methods", "treelora", "seq_lora"])
+    continual.main(["run", *common, "--seeds", "0", "--methods", "treelora"])  # in this process
     cell = tmp_path / "cells" / "wordnet-smoke" / "seed0" / "treelora.json"
     first = cell.stat().st_mtime_ns
-    continual.main(["run", *common, "--seeds", "0", "--methods", "treelora", "seq_lora"])  # resumes: nothing to do
+    # resumes: only the missing cell runs, here in a worker process
+    continual.main(["run", *common, "--seeds", "0", "--methods", "treelora", "seq_lora", "--jobs", "2"])
     assert cell.stat().st_mtime_ns == first
+    assert (cell.parent / "seq_lora.json").exists()
     continual.main(["aggregate", *common])
     summary = json.loads((tmp_path / "continual-smoke.json").read_text())
     assert set(summary) == {"stream", "profile", "model", "epochs", "seeds", "methods"}
