@@ -56,6 +56,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora[random_relative]": ("treelora", {"tree": {"placement": "random"}}),
     "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share"}}),
     "treelora[best_prefix]": ("treelora", {"tree": {"branch_rule": "best_prefix"}}),
+    # best_prefix, and the search stops pulling once more pulls cannot change the branch block
+    "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -74,6 +76,8 @@ TARGET_PAIRS = (
     ("treelora", "treelora[random_relative]"),
     ("treelora", "treelora[always_share]"),
     ("treelora", "treelora[best_prefix]"),
+    ("treelora", "treelora[decided]"),
+    ("treelora[best_prefix]", "treelora[decided]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),

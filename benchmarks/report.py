@@ -204,6 +204,7 @@ SEARCH_ROWS = (
     "treelora[random_relative]",
     "treelora[always_share]",
     "treelora[best_prefix]",
+    "treelora[decided]",
     "per_task_lora",
 )
 
@@ -226,7 +227,9 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
         "then the first-below branch rule). `treelora[random_relative]` picks a uniformly random earlier "
         "task and applies the same branch rule to it; `treelora[always_share]` skips the probe and shares "
         "every block but the last `min_own_blocks` with a random earlier task; `treelora[best_prefix]` "
-        "searches as `treelora` does and branches at the prefix with the largest summed margin. Same "
+        "searches as `treelora` does and branches at the prefix with the largest summed margin; "
+        "`treelora[decided]` is `best_prefix` whose search also stops taking probe pulls once every "
+        "candidate the bound cannot rule out gives the same branch block. Same "
         "budget, data, seeds and stopping rule as the tables above; OP with routing (no task id).",
         "",
         "| stream | method | seeds | OP [95% CI] | forgetting [95% CI] | s/task [95% CI] "

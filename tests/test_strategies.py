@@ -220,3 +220,25 @@ def test_treelora_without_sharing_owns_every_block(tiny_learner) -> None:  # typ
     info = learner.learn(TASKS[1]).placement
     assert info["branch_at"] == 0 and info["warm_start"]
     assert learner.bank.blocks_of(learner.strategy.tree.leaves["beta"]) == [0, 1, 2, 3]  # type: ignore[attr-defined]
+
+
+def test_treelora_decided_pull_stop_skips_pulls_that_cannot_change_the_branch(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner("treelora")
+    learner.cfg.tree.share_threshold = -1.0  # every relative shares up to min_own_blocks: decided
+    learner.learn(TASKS[0])
+    learner.learn(TASKS[1])
+    new = learner.encode(toy_task("gamma", "mango").train)
+    pulls = {}
+    for stop in ("separated", "decided"):
+        learner.cfg.tree.pull_stop = stop
+        pulls[stop] = learner.strategy.place(new)[3]["pulls"]  # type: ignore[attr-defined]
+    assert pulls == {"separated": 3, "decided": 1}  # a close call: separated spends all of max_pulls
+    # contenders that would branch at different blocks keep pulling
+    st = learner.strategy
+    learner.cfg.tree.share_threshold = 0.5
+    probe = st.prober.pulls(new, 1)  # type: ignore[attr-defined]
+    st.signatures["alpha"], st.signatures["beta"] = probe.mean(0), -probe.mean(0)  # type: ignore[attr-defined]
+    close = [(0.0, 0.1, "alpha", "a"), (0.05, 0.2, "beta", "b")]
+    assert not st._decided(probe, close, 2)  # type: ignore[attr-defined]  # branch at 2 (share) vs 0
+    apart = [(0.0, 0.1, "alpha", "a"), (0.5, 0.6, "beta", "b")]  # beta is ruled out by the bound
+    assert st._decided(probe, apart, 2)  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ WARM_THRESHOLD = 0.3  # below this overall similarity a relative is no better th
 
 Placement = Literal["search", "random", "always_share"]
 BranchRule = Literal["first_below", "best_prefix"]
+PullStop = Literal["separated", "decided"]
 
 
 @dataclass
@@ -46,6 +47,11 @@ class TreeConfig:
     # `share_threshold`; "best_prefix" shares the prefix whose summed margin (cosine minus the
     # threshold) is largest, so one noisy block near the input does not end sharing
     branch_rule: BranchRule = "first_below"
+    # when the descent stops taking probe pulls at a close call (always by `max_pulls`):
+    # "separated" once the best child's UCB is below the runner-up's LCB; "decided" also once every
+    # child the bound cannot rule out would give the same branch block (more pulls could then only
+    # change which of near-equal relatives warm-starts the branch, not the tree's shape)
+    pull_stop: PullStop = "separated"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
     # seed of the shared probe A (same for every task, so comparable)
     probe_seed: int = bounded(1234, ge=0, le=2**32 - 1)
@@ -56,6 +62,8 @@ class TreeConfig:
             raise ConfigError("placement must be search, random or always_share", param="placement")
         if self.branch_rule not in ("first_below", "best_prefix"):
             raise ConfigError("branch_rule must be first_below or best_prefix", param="branch_rule")
+        if self.pull_stop not in ("separated", "decided"):
+            raise ConfigError("pull_stop must be separated or decided", param="pull_stop")
 
 
 def shared_blocks(cosines: list[float], threshold: float, rule: BranchRule) -> int:
@@ -108,6 +116,20 @@ class TreeLoRA(Strategy):
         radius = max(float(d.std()) if n > 1 else 0.05, 0.02) * math.sqrt(2 * math.log(max(t, 2)) / n)
         return float(d.mean()) - radius, float(d.mean()) + radius, task
 
+    def _branch(self, sig: torch.Tensor, relative: str, last_owned: int) -> tuple[int, list[float]]:
+        """(branch block, block cosines) of a new task with signature `sig` under `relative`."""
+        cos = block_cosines(sig, self.signatures[relative])
+        shared = shared_blocks(cos[self.tree.start :].tolist(), self.tc.share_threshold, self.tc.branch_rule)
+        b = min(self.tree.start + shared, last_owned) if self.tc.share else self.tree.start
+        return b, cos.tolist()
+
+    def _decided(self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], last_owned: int) -> bool:
+        """Whether every child the bound cannot rule out (LCB at most the best child's UCB) gives
+        the same branch block under its closest member, with the signature so far."""
+        contenders = [member for lcb, _, member, _ in scored if lcb <= scored[0][1]]
+        sig = pulls.mean(0)
+        return len({self._branch(sig, member, last_owned)[0] for member in contenders}) == 1
+
     def place(self, train: list[Encoded]) -> tuple[str | None, int, torch.Tensor | None, dict[str, Any]]:
         """(relative, branch block, signature, report) for a new task."""
         last_owned = max(self.tree.start, self.tree.end - self.tc.min_own_blocks)
@@ -130,20 +152,20 @@ class TreeLoRA(Strategy):
                     clear = len(scored) == 1 or scored[0][1] <= scored[1][0]
                     if clear or len(pulls) >= self.tc.max_pulls:
                         break
+                    if self.tc.pull_stop == "decided" and self._decided(pulls, scored, last_owned):
+                        break
                     pulls = torch.cat([pulls, self.prober.pulls(train, 1, first=len(pulls))])
                 node = scored[0][3]
             relative = self.tree.nodes[node].task
         assert relative is not None
         sig = pulls.mean(0)
-        cos = block_cosines(sig, self.signatures[relative])
-        shared = shared_blocks(cos[self.tree.start :].tolist(), self.tc.share_threshold, self.tc.branch_rule)
-        b = min(self.tree.start + shared, last_owned) if self.tc.share else self.tree.start
+        b, cos = self._branch(sig, relative, last_owned)
         sim = similarity(sig, self.signatures[relative], self.weights)
         info = {
             "relative": relative,
             "similarity": round(sim, 4),
             "pulls": len(pulls),
-            "block_cosines": [round(c, 3) for c in cos.tolist()],
+            "block_cosines": [round(c, 3) for c in cos],
             "branch_at": b,
         }
         return relative, b, sig, info
