@@ -13,7 +13,9 @@ A cell is one method learning the whole stream with one seed; it is written to
 run resumes where it was and a stream can be extended seed by seed. The task data are the same
 for every seed (so methods are compared on the same test examples); the seed sets the data
 order, the adapters' init and the held-out validation split. Within a process the model is warmed
-up before the first timed cell, and the order of methods rotates from seed to seed.
+up before the first timed cell, and the order of methods rotates from seed to seed (with `--jobs`,
+the cells run longest first instead, by the wall time of the method's earlier cells; seconds per
+task are then the training thread's CPU time, which the cell beside it does not inflate).
 """
 
 from __future__ import annotations
@@ -269,6 +271,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             if not (folder / f"seed{seed}" / f"{m}.json").exists():
                 todo.append((seed, m))
     if todo:
+        if args.jobs > 1:  # longest first (by the method's cells so far), so the workers finish together
+            past = load_cells(args.out, args.stream, args.profile)
+            minutes = {m: np.mean([c["wall_seconds"] for c in past[m].values()]) for m in past}
+            todo.sort(key=lambda sm: -minutes.get(sm[1], np.inf))
         threads = args.threads or (1 if args.jobs > 1 else None)
         run_cells(todo, args.jobs, _worker_init, (args, threads, lam), _worker_cell, f"cells {args.stream}")
 

@@ -513,7 +513,7 @@ def render(folder: Path, suffix: str = "") -> str:
         folder,
         f"continual{suffix}",
         "Same-template stream (WordNet supersenses)",
-        "python -m benchmarks.continual run --stream wordnet --seeds 0 1 2 && "
+        "python -m benchmarks.continual run --stream wordnet --seeds 0 1 2 --jobs 2 && "
         "python -m benchmarks.continual aggregate --stream wordnet",
     )
     _stream(
@@ -521,7 +521,8 @@ def render(folder: Path, suffix: str = "") -> str:
         folder,
         f"continual-mixed{suffix}",
         "Mixed-template stream (TRACE-500)",
-        "python -m benchmarks.continual run --stream mixed --seeds 0 1 2 --trace-root ../shared/data/trace-500 && "
+        "python -m benchmarks.continual run --stream mixed --seeds 0 1 2 --jobs 2 "
+        "--trace-root ../shared/data/trace-500 && "
         "python -m benchmarks.continual aggregate --stream mixed",
     )
     _long_stream(out, folder)
