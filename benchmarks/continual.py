@@ -44,6 +44,9 @@ from treelora_core.models import DEFAULT_MODEL, load_base
 from . import stats
 from .cell_pool import run_cells, write_cell
 
+# the placement rules `treelora` used before the default became best_prefix + decided: the cells
+# of the ablations that ran then name them, so each cell's config is the one it ran with
+EARLIER = {"branch_rule": "first_below", "pull_stop": "separated"}
 # method name -> (strategy, config sections that differ from the strategy's defaults)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora": ("treelora", {}),
@@ -53,13 +56,12 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "o_lora": ("o_lora", {}),
     "ewc": ("ewc", {}),
     "treelora_paper": ("treelora_paper", {}),
-    "treelora[no_warm]": ("treelora", {"tree": {"warm_start": False}}),
-    "treelora[no_share]": ("treelora", {"tree": {"share": False}}),
-    "treelora[random_relative]": ("treelora", {"tree": {"placement": "random"}}),
-    "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share"}}),
-    "treelora[best_prefix]": ("treelora", {"tree": {"branch_rule": "best_prefix"}}),
-    # best_prefix, and the search stops pulling once more pulls cannot change the branch block
-    "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
+    "treelora[no_warm]": ("treelora", {"tree": {"warm_start": False, **EARLIER}}),
+    "treelora[no_share]": ("treelora", {"tree": {"share": False, **EARLIER}}),
+    "treelora[random_relative]": ("treelora", {"tree": {"placement": "random", **EARLIER}}),
+    "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share", **EARLIER}}),
+    "treelora[first_below]": ("treelora", {"tree": EARLIER}),  # the earlier default
+    "treelora[separated]": ("treelora", {"tree": {"pull_stop": "separated"}}),  # best_prefix, pulls until separated
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -77,9 +79,8 @@ TARGET_PAIRS = (
     ("treelora", "treelora[no_share]"),
     ("treelora", "treelora[random_relative]"),
     ("treelora", "treelora[always_share]"),
-    ("treelora", "treelora[best_prefix]"),
-    ("treelora", "treelora[decided]"),
-    ("treelora[best_prefix]", "treelora[decided]"),
+    ("treelora", "treelora[first_below]"),
+    ("treelora", "treelora[separated]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),

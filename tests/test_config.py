@@ -87,6 +87,12 @@ def test_target_modules_are_names(targets: Any) -> None:
     assert err.value.param == "lora.target_modules"
 
 
+@pytest.mark.parametrize("name", ["placement", "branch_rule", "pull_stop"])
+@pytest.mark.parametrize("value", ["", "first below", "DECIDED", 1, None, ["search"]])
+def test_named_tree_choices_refuse_anything_else(name: str, value: Any) -> None:
+    rejects("tree", name, value)
+
+
 def test_defaults_and_a_full_valid_config_pass() -> None:
     cfg = config_from_dict({})
     assert cfg == StreamConfig()
