@@ -81,6 +81,11 @@ TARGET_PAIRS = (
     ("treelora", "treelora[always_share]"),
     ("treelora", "treelora[first_below]"),
     ("treelora", "treelora[separated]"),
+    # each ablation against the rules it ran with (the earlier default): the ablated part alone
+    ("treelora[first_below]", "treelora[no_warm]"),
+    ("treelora[first_below]", "treelora[no_share]"),
+    ("treelora[first_below]", "treelora[random_relative]"),
+    ("treelora[first_below]", "treelora[always_share]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),
