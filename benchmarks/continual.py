@@ -44,9 +44,6 @@ from treelora_core.models import DEFAULT_MODEL, load_base
 from . import stats
 from .cell_pool import run_cells, write_cell
 
-# the placement rules `treelora` used before the default became best_prefix + decided: the cells
-# of the ablations that ran then name them, so each cell's config is the one it ran with
-EARLIER = {"branch_rule": "first_below", "pull_stop": "separated"}
 # method name -> (strategy, config sections that differ from the strategy's defaults)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora": ("treelora", {}),
@@ -56,12 +53,13 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "o_lora": ("o_lora", {}),
     "ewc": ("ewc", {}),
     "treelora_paper": ("treelora_paper", {}),
-    "treelora[no_warm]": ("treelora", {"tree": {"warm_start": False, **EARLIER}}),
-    "treelora[no_share]": ("treelora", {"tree": {"share": False, **EARLIER}}),
-    "treelora[random_relative]": ("treelora", {"tree": {"placement": "random", **EARLIER}}),
-    "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share", **EARLIER}}),
-    "treelora[first_below]": ("treelora", {"tree": EARLIER}),  # the earlier default
-    "treelora[separated]": ("treelora", {"tree": {"pull_stop": "separated"}}),  # best_prefix, pulls until separated
+    "treelora[no_warm]": ("treelora", {"tree": {"warm_start": False}}),
+    "treelora[no_share]": ("treelora", {"tree": {"share": False}}),
+    "treelora[random_relative]": ("treelora", {"tree": {"placement": "random"}}),
+    "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share"}}),
+    "treelora[best_prefix]": ("treelora", {"tree": {"branch_rule": "best_prefix"}}),
+    # best_prefix, and the search stops pulling once more pulls cannot change the branch block
+    "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -79,13 +77,9 @@ TARGET_PAIRS = (
     ("treelora", "treelora[no_share]"),
     ("treelora", "treelora[random_relative]"),
     ("treelora", "treelora[always_share]"),
-    ("treelora", "treelora[first_below]"),
-    ("treelora", "treelora[separated]"),
-    # each ablation against the rules it ran with (the earlier default): the ablated part alone
-    ("treelora[first_below]", "treelora[no_warm]"),
-    ("treelora[first_below]", "treelora[no_share]"),
-    ("treelora[first_below]", "treelora[random_relative]"),
-    ("treelora[first_below]", "treelora[always_share]"),
+    ("treelora", "treelora[best_prefix]"),
+    ("treelora", "treelora[decided]"),
+    ("treelora[best_prefix]", "treelora[decided]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),
@@ -352,6 +346,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
     n: int | list[int] = n_per_task[0] if len(set(n_per_task)) == 1 else n_per_task
     arrays: dict[str, dict[int, np.ndarray]] = {}  # row name -> seed -> (1, T, T, n)
     methods: dict[str, Any] = {}
+    in_first: dict[str, dict[str, float]] = {}
     for m, by_seed in cells.items():
         seeds = sorted(by_seed)
         cs = [by_seed[s] for s in seeds]
@@ -361,6 +356,11 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
             rows.append((f"{m}@task_id", "R"))
         secs = np.array([[task_seconds(c, p) for p in c["per_task"]] for c in cs])
         sec_mean, sec_ci = stats.mean_ci(secs)
+        # seconds per task in units of the cell's own first task: where two methods train their first
+        # task the same way (a full adapter on every block and nothing to share yet: per_task_lora,
+        # seq_lora and every treelora variant; not lora_top or treelora_paper), these compare across
+        # machines and days, which raw seconds do not
+        in_first[m] = {str(s): round(float(v), 3) for s, v in zip(seeds, secs.mean(axis=1) / secs[:, 0], strict=True)}
         for name, key in rows:
             x = scores_array(cs, key)
             arrays[name] = {s: x[k : k + 1] for k, s in enumerate(seeds)}
@@ -412,6 +412,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         "machine": any_cell["machine"],
         "ewc_lambda": next((c["ewc_lambda"] for c in cells.get("ewc", {}).values()), None),
         "pairs": pairs,
+        "seconds_in_first_tasks": in_first,
         "runs": {
             m: {
                 str(s): {

@@ -203,8 +203,8 @@ SEARCH_ROWS = (
     "treelora",
     "treelora[random_relative]",
     "treelora[always_share]",
-    "treelora[first_below]",
-    "treelora[separated]",
+    "treelora[best_prefix]",
+    "treelora[decided]",
     "per_task_lora",
 )
 
@@ -224,12 +224,12 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
         "## Does the search matter?",
         "",
         "`treelora` places a task by comparing its probe-gradient signature with the tree's (LCB search, "
-        "which stops pulling once more pulls cannot change the branch block, then the best-prefix branch "
-        "rule). `treelora[separated]` pulls until the best candidate is separated from the runner-up "
-        "(up to 4 pulls); `treelora[first_below]` also branches at the first block below the threshold "
-        "(the two rules `treelora` used before). `treelora[random_relative]` picks a uniformly random "
-        "earlier task and applies the first-below rule to it; `treelora[always_share]` skips the probe "
-        "and shares every block but the last `min_own_blocks` with a random earlier task. Same "
+        "then the first-below branch rule). `treelora[random_relative]` picks a uniformly random earlier "
+        "task and applies the same branch rule to it; `treelora[always_share]` skips the probe and shares "
+        "every block but the last `min_own_blocks` with a random earlier task; `treelora[best_prefix]` "
+        "searches as `treelora` does and branches at the prefix with the largest summed margin; "
+        "`treelora[decided]` is `best_prefix` whose search also stops taking probe pulls once every "
+        "candidate the bound cannot rule out gives the same branch block. Same "
         "budget, data, seeds and stopping rule as the tables above; OP with routing (no task id).",
         "",
         "| stream | method | seeds | OP [95% CI] | forgetting [95% CI] | s/task [95% CI] "

@@ -62,8 +62,7 @@ def test_mixed_batch_equals_one_request_at_a_time_and_the_learner(trained, tiny_
     assert texts == trained.generate(
         [trained.tok.decode(p, skip_special_tokens=True) for p in prompts], paths, max_new_tokens=4
     )
-    # each row followed its task (its first word is the task's answer; a toy model may not stop there)
-    assert [t.split()[0] for t in texts[::2]] == ["apple", "zebra", "mango"]
+    assert [t.strip() for t in texts[::2]] == ["apple", "zebra", "mango"]  # each row followed its task
 
 
 def test_prefill_logits_match_row_by_row(trained, tiny_base) -> None:  # type: ignore[no-untyped-def]

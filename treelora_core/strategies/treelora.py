@@ -43,16 +43,15 @@ class TreeConfig:
     # block; "random": a uniformly random earlier task, then the same branch rule; "always_share":
     # a random earlier task, sharing all but the last `min_own_blocks` (the last two: ablations)
     placement: Placement = "search"
-    # where the branch starts: "best_prefix" shares the prefix whose summed margin (cosine minus
-    # the threshold) is largest, so one noisy block near the input does not end sharing;
-    # "first_below" (the earlier default) shares blocks up to the first below `share_threshold`
-    branch_rule: BranchRule = "best_prefix"
+    # where the branch starts: "first_below" shares blocks up to the first whose cosine is below
+    # `share_threshold`; "best_prefix" shares the prefix whose summed margin (cosine minus the
+    # threshold) is largest, so one noisy block near the input does not end sharing
+    branch_rule: BranchRule = "first_below"
     # when the descent stops taking probe pulls at a close call (always by `max_pulls`):
-    # "decided" once the best child's UCB is below the runner-up's LCB or every child the bound
-    # cannot rule out would give the same branch block (more pulls could then only change which
-    # of near-equal relatives warm-starts the branch, not the tree's shape); "separated" (the
-    # earlier default) only on the first condition
-    pull_stop: PullStop = "decided"
+    # "separated" once the best child's UCB is below the runner-up's LCB; "decided" also once every
+    # child the bound cannot rule out would give the same branch block (more pulls could then only
+    # change which of near-equal relatives warm-starts the branch, not the tree's shape)
+    pull_stop: PullStop = "separated"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
     # seed of the shared probe A (same for every task, so comparable)
     probe_seed: int = bounded(1234, ge=0, le=2**32 - 1)
