@@ -73,6 +73,18 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
         "`<method>` rows of routed methods use the router (no task id); `<method>@task_id` the true id. "
         "`x per_task` is seconds per task relative to `per_task_lora`.",
         "",
+    ]
+    units = details.get("seconds_in_first_tasks") or {}
+    full = [m for m in units if m.startswith(("treelora", "per_task_lora", "seq_lora")) and "paper" not in m]
+    if full:
+        out += [
+            "Seconds per task in units of the cell's own first task (the same work for these full-adapter "
+            "methods, so comparable across machines and days; mean over seeds): "
+            + ", ".join(f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}" for m in sorted(full))
+            + ".",
+            "",
+        ]
+    out += [
         'Paired differences in OP (a minus b, same seeds and test examples); "beats" only where the '
         "interval excludes zero:",
         "",
