@@ -30,10 +30,10 @@ def run_cells(
     initargs: tuple[Any, ...],
     cell: Callable[[int, str], float],
     desc: str,
-) -> float:
+) -> None:
     """Run `cell(seed, method)` for each pair after `init(*initargs)` (once per worker process, or
     once here with one job); `init` and `cell` are module-level functions, so that spawned workers
-    can import them. Prints and returns the wall-clock minutes of the whole run."""
+    can import them. Prints the wall-clock minutes of the whole run."""
     t0 = time.time()
     if jobs > 1:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
@@ -46,6 +46,4 @@ def run_cells(
         init(*initargs)
         for seed, method in tqdm(todo, desc=desc, unit="cell"):
             cell(seed, method)
-    minutes = (time.time() - t0) / 60
-    print(f"{len(todo)} cells in {minutes:.1f} min with {jobs} job(s)")
-    return minutes
+    print(f"{len(todo)} cells in {(time.time() - t0) / 60:.1f} min with {jobs} job(s)")

@@ -15,7 +15,7 @@ for every seed (so methods are compared on the same test examples); the seed set
 order, the adapters' init and the held-out validation split. Within a process the model is warmed
 up before the first timed cell, and the order of methods rotates from seed to seed (with `--jobs`,
 the cells run longest first instead, by the wall time of the method's earlier cells; seconds per
-task are then the training thread's CPU time, which the cell beside it does not inflate).
+task are then the training thread's CPU time, which a cell beside it inflates less than wall time).
 """
 
 from __future__ import annotations
@@ -86,6 +86,10 @@ TARGET_PAIRS = (
     ("treelora_paper", "treelora_paper[random_search]"),
     ("ewc", "seq_lora"),
 )
+# strategies whose first task is the same work (a full adapter on every block, nothing to share or
+# penalise yet): their seconds per task in units of the cell's first task compare across machines
+# and days, which raw seconds do not (`seconds_in_first_tasks` in the details)
+SAME_FIRST_TASK = ("per_task_lora", "seq_lora", "treelora")
 EWC_GRID = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)  # lambda candidates for `tune-ewc`
 
 
@@ -356,11 +360,8 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
             rows.append((f"{m}@task_id", "R"))
         secs = np.array([[task_seconds(c, p) for p in c["per_task"]] for c in cs])
         sec_mean, sec_ci = stats.mean_ci(secs)
-        # seconds per task in units of the cell's own first task: where two methods train their first
-        # task the same way (a full adapter on every block and nothing to share yet: per_task_lora,
-        # seq_lora and every treelora variant; not lora_top or treelora_paper), these compare across
-        # machines and days, which raw seconds do not
-        in_first[m] = {str(s): round(float(v), 3) for s, v in zip(seeds, secs.mean(axis=1) / secs[:, 0], strict=True)}
+        if METHODS[m][0] in SAME_FIRST_TASK:
+            in_first[m] = {str(s): round(float(v), 3) for s, v in zip(seeds, secs.mean(1) / secs[:, 0], strict=True)}
         for name, key in rows:
             x = scores_array(cs, key)
             arrays[name] = {s: x[k : k + 1] for k, s in enumerate(seeds)}

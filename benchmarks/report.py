@@ -75,12 +75,11 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
         "",
     ]
     units = details.get("seconds_in_first_tasks") or {}
-    full = [m for m in units if m.startswith(("treelora", "per_task_lora", "seq_lora")) and "paper" not in m]
-    if full:
+    if units:
         out += [
             "Seconds per task in units of the cell's own first task (the same work for these full-adapter "
             "methods, so comparable across machines and days; mean over seeds): "
-            + ", ".join(f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}" for m in sorted(full))
+            + ", ".join(f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}" for m in sorted(units))
             + ".",
             "",
         ]

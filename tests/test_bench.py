@@ -48,6 +48,8 @@ def test_smoke_benchmark_writes_the_documented_shape(tmp_path) -> None:  # type:
         assert (m["routing_accuracy"] is None) == (name != "treelora")
     details = json.loads((tmp_path / "continual-smoke.details.json").read_text())
     assert len(details["runs"]["treelora"]["0"]["R"]) == 2
+    assert set(details["seconds_in_first_tasks"]) == {"treelora", "seq_lora"}  # full-adapter first tasks
+    assert details["seconds_in_first_tasks"]["treelora"]["0"] > 0
     assert details["pairs"]["treelora vs seq_lora"]["verdict"] in ("beats", "tie", "loses")
     assert (tmp_path / "continual-smoke.png").stat().st_size > 1000
     doc = tmp_path / "benchmarks.md"
