@@ -60,6 +60,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora[best_prefix]": ("treelora", {"tree": {"branch_rule": "best_prefix"}}),
     # best_prefix, and the search stops pulling once more pulls cannot change the branch block
     "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
+    # first_below, and the search stops pulling early only on a decided share up to the cap
+    "treelora[settled]": ("treelora", {"tree": {"pull_stop": "settled"}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -80,6 +82,7 @@ TARGET_PAIRS = (
     ("treelora", "treelora[best_prefix]"),
     ("treelora", "treelora[decided]"),
     ("treelora[best_prefix]", "treelora[decided]"),
+    ("treelora", "treelora[settled]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),
@@ -326,6 +329,14 @@ def task_seconds(cell: dict[str, Any], task: dict[str, Any]) -> float:
     return float(cpu) if cpu and cell["machine"].split(", ")[1].startswith("1 torch thread") else float(task["seconds"])
 
 
+def first_task_unit(cell: dict[str, Any]) -> float:
+    """The cell's first task's seconds without its placement (the probe pulls a placement rule may
+    take before there is anything to compare): the same work for every `SAME_FIRST_TASK` method."""
+    first = cell["per_task"][0]
+    place = first.get("phase_seconds", {}).get("place", 0.0)
+    return task_seconds(cell, first) * (1 - place / float(first["seconds"]))
+
+
 def scores_array(cells: list[dict[str, Any]], key: str) -> np.ndarray:
     """(S, T, T, n) per-example scores, NaN where a task was not yet trained."""
     first = cells[0][key]
@@ -361,7 +372,8 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         secs = np.array([[task_seconds(c, p) for p in c["per_task"]] for c in cs])
         sec_mean, sec_ci = stats.mean_ci(secs)
         if METHODS[m][0] in SAME_FIRST_TASK:
-            in_first[m] = {str(s): round(float(v), 3) for s, v in zip(seeds, secs.mean(1) / secs[:, 0], strict=True)}
+            units = np.array([first_task_unit(c) for c in cs])
+            in_first[m] = {str(s): round(float(v), 3) for s, v in zip(seeds, secs.mean(1) / units, strict=True)}
         for name, key in rows:
             x = scores_array(cs, key)
             arrays[name] = {s: x[k : k + 1] for k, s in enumerate(seeds)}

@@ -50,7 +50,8 @@ PAIRS = tuple(("treelora", b) for b in ("per_task_lora", "lora_top", "o_lora", "
 # the placement ablations: compared with the task id (the paths each placement built), so that a
 # cell routed by an older router (their seed 0 cells) compares like with like
 ABLATION_PAIRS = tuple(
-    ("treelora", b) for b in ("treelora[random_relative]", "treelora[always_share]", "treelora[decided]")
+    ("treelora", b)
+    for b in ("treelora[random_relative]", "treelora[always_share]", "treelora[decided]", "treelora[settled]")
 )
 # the issue's five methods, longest cells first so that `--jobs` workers finish together; the
 # search ablations ("Does the search matter?": treelora[random_relative], treelora[always_share])

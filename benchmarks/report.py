@@ -77,8 +77,8 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     units = details.get("seconds_in_first_tasks") or {}
     if units:
         out += [
-            "Seconds per task in units of the cell's own first task (the same work for these full-adapter "
-            "methods, so comparable across machines and days; mean over seeds): "
+            "Seconds per task in units of the cell's own first task without its placement (the same work "
+            "for these full-adapter methods, so comparable across machines and days; mean over seeds): "
             + ", ".join(f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}" for m in sorted(units))
             + ".",
             "",
@@ -216,6 +216,7 @@ SEARCH_ROWS = (
     "treelora[always_share]",
     "treelora[best_prefix]",
     "treelora[decided]",
+    "treelora[settled]",
     "per_task_lora",
 )
 
@@ -240,7 +241,9 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
         "every block but the last `min_own_blocks` with a random earlier task; `treelora[best_prefix]` "
         "searches as `treelora` does and branches at the prefix with the largest summed margin; "
         "`treelora[decided]` is `best_prefix` whose search also stops taking probe pulls once every "
-        "candidate the bound cannot rule out gives the same branch block. Same "
+        "candidate the bound cannot rule out gives the same branch block; `treelora[settled]` keeps "
+        "the first-below rule and stops pulling early only when every such candidate shares up to the "
+        "cap (a branch above it, and the first task's signature, take every pull). Same "
         "budget, data, seeds and stopping rule as the tables above; OP with routing (no task id).",
         "",
         "| stream | method | seeds | OP [95% CI] | forgetting [95% CI] | s/task [95% CI] "

@@ -242,3 +242,21 @@ def test_treelora_decided_pull_stop_skips_pulls_that_cannot_change_the_branch(ti
     assert not st._decided(probe, close, 2)  # type: ignore[attr-defined]  # branch at 2 (share) vs 0
     apart = [(0.0, 0.1, "alpha", "a"), (0.5, 0.6, "beta", "b")]  # beta is ruled out by the bound
     assert st._decided(probe, apart, 2)  # type: ignore[attr-defined]
+
+
+def test_treelora_settled_pull_stop_takes_every_pull_before_branching_above_the_cap(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner("treelora")
+    tc, st = learner.cfg.tree, learner.strategy
+    tc.pull_stop = "settled"
+    new = learner.encode(toy_task("gamma", "mango").train)
+    # the first task's signature is what every later task compares with first: every pull
+    assert st.place(new)[3]["pulls"] == tc.max_pulls  # type: ignore[attr-defined]
+    learner.learn(TASKS[0])
+    tc.share_threshold = -1.0  # the one candidate shares up to the cap: one pull settles it
+    assert st.place(new)[3]["pulls"] == 1  # type: ignore[attr-defined]
+    tc.share_threshold = 1.0  # no block reaches it: a branch at the root needs every pull
+    _, b, _, info = st.place(new)  # type: ignore[attr-defined]
+    assert (b, info["pulls"]) == (st.tree.start, tc.max_pulls)  # type: ignore[attr-defined]
+    for stop in ("separated", "decided"):  # the other stops branch at the root on one clear pull
+        tc.pull_stop = stop
+        assert st.place(new)[3]["pulls"] == 1  # type: ignore[attr-defined]

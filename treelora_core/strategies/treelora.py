@@ -24,7 +24,7 @@ WARM_THRESHOLD = 0.3  # below this overall similarity a relative is no better th
 
 Placement = Literal["search", "random", "always_share"]
 BranchRule = Literal["first_below", "best_prefix"]
-PullStop = Literal["separated", "decided"]
+PullStop = Literal["separated", "decided", "settled"]
 
 
 @dataclass
@@ -50,7 +50,10 @@ class TreeConfig:
     # when the descent stops taking probe pulls at a close call (always by `max_pulls`):
     # "separated" once the best child's UCB is below the runner-up's LCB; "decided" also once every
     # child the bound cannot rule out would give the same branch block (more pulls could then only
-    # change which of near-equal relatives warm-starts the branch, not the tree's shape)
+    # change which of near-equal relatives warm-starts the branch, not the tree's shape);
+    # "settled" stops early only on a decided share up to `min_own_blocks` and takes every pull
+    # for a branch above that cap and for the first task's signature (probe noise lowers a
+    # cosine, never raises it: a high cosine on one pull is evidence, a low one may be noise)
     pull_stop: PullStop = "separated"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
     # seed of the shared probe A (same for every task, so comparable)
@@ -62,8 +65,8 @@ class TreeConfig:
             raise ConfigError("placement must be search, random or always_share", param="placement")
         if self.branch_rule not in ("first_below", "best_prefix"):
             raise ConfigError("branch_rule must be first_below or best_prefix", param="branch_rule")
-        if self.pull_stop not in ("separated", "decided"):
-            raise ConfigError("pull_stop must be separated or decided", param="pull_stop")
+        if self.pull_stop not in ("separated", "decided", "settled"):
+            raise ConfigError("pull_stop must be separated, decided or settled", param="pull_stop")
 
 
 def shared_blocks(cosines: list[float], threshold: float, rule: BranchRule) -> int:
@@ -123,12 +126,30 @@ class TreeLoRA(Strategy):
         b = min(self.tree.start + shared, last_owned) if self.tc.share else self.tree.start
         return b, cos.tolist()
 
-    def _decided(self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], last_owned: int) -> bool:
-        """Whether every child the bound cannot rule out (LCB at most the best child's UCB) gives
-        the same branch block under its closest member, with the signature so far."""
+    def _contender_blocks(
+        self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], last_owned: int
+    ) -> set[int]:
+        """Branch blocks, with the signature so far, under the closest member of every child the
+        bound cannot rule out (LCB at most the best child's UCB)."""
         contenders = [member for lcb, _, member, _ in scored if lcb <= scored[0][1]]
         sig = pulls.mean(0)
-        return len({self._branch(sig, member, last_owned)[0] for member in contenders}) == 1
+        return {self._branch(sig, member, last_owned)[0] for member in contenders}
+
+    def _decided(self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], last_owned: int) -> bool:
+        """Whether every child the bound cannot rule out gives the same branch block."""
+        return len(self._contender_blocks(pulls, scored, last_owned)) == 1
+
+    def _stop(
+        self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], clear: bool, last_owned: int
+    ) -> bool:
+        """Whether the descent at this node takes no more probe pulls (below `max_pulls`)."""
+        if self.tc.pull_stop == "separated":
+            return clear
+        if self.tc.pull_stop == "decided":
+            return clear or self._decided(pulls, scored, last_owned)
+        cap = last_owned if self.tc.share else self.tree.start  # the deepest branch block possible
+        blocks = self._contender_blocks(pulls, scored[:1] if clear else scored, last_owned)
+        return blocks == {cap}
 
     def place(self, train: list[Encoded]) -> tuple[str | None, int, torch.Tensor | None, dict[str, Any]]:
         """(relative, branch block, signature, report) for a new task."""
@@ -137,8 +158,9 @@ class TreeLoRA(Strategy):
             pick = self.rng.choice(list(self.tree.leaves))  # no probe at all: the cheapest rule
             b = last_owned if self.tc.share else self.tree.start
             return pick, b, None, {"relative": pick, "pulls": 0, "branch_at": b, "similarity": None}
-        pulls = self.prober.pulls(train, MIN_PULLS)
         known = [t for t in self.tree.leaves if t in self.signatures]
+        first = self.tc.max_pulls if not known and self.tc.pull_stop == "settled" else MIN_PULLS
+        pulls = self.prober.pulls(train, first)
         if not known:
             return None, self.tree.start, pulls.mean(0), {"pulls": len(pulls)}
         relative: str | None
@@ -150,9 +172,7 @@ class TreeLoRA(Strategy):
                 while True:
                     scored = sorted((*self._lcb(pulls, c), c) for c in self.tree.nodes[node].children)
                     clear = len(scored) == 1 or scored[0][1] <= scored[1][0]
-                    if clear or len(pulls) >= self.tc.max_pulls:
-                        break
-                    if self.tc.pull_stop == "decided" and self._decided(pulls, scored, last_owned):
+                    if len(pulls) >= self.tc.max_pulls or self._stop(pulls, scored, clear, last_owned):
                         break
                     pulls = torch.cat([pulls, self.prober.pulls(train, 1, first=len(pulls))])
                 node = scored[0][3]
