@@ -52,8 +52,8 @@ class TreeConfig:
     # child the bound cannot rule out would give the same branch block (more pulls could then only
     # change which of near-equal relatives warm-starts the branch, not the tree's shape);
     # "settled" stops early only on a decided share up to `min_own_blocks` and takes every pull
-    # for a branch above that cap and for the first task's signature (probe noise lowers a
-    # cosine, never raises it: a high cosine on one pull is evidence, a low one may be noise)
+    # for a branch above that cap and for the first task's signature (probe noise pulls a cosine
+    # towards zero on average: a high cosine on one pull is evidence, a low one may be noise)
     pull_stop: PullStop = "separated"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
     # seed of the shared probe A (same for every task, so comparable)
