@@ -93,6 +93,16 @@ def test_named_tree_choices_refuse_anything_else(name: str, value: Any) -> None:
     rejects("tree", name, value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("placement", v) for v in ("search", "random", "always_share")]
+    + [("branch_rule", v) for v in ("first_below", "best_prefix")]
+    + [("pull_stop", v) for v in ("separated", "decided", "settled")],
+)
+def test_named_tree_choices_accept_each_documented_value(name: str, value: str) -> None:
+    assert getattr(config_from_dict({"tree": {name: value}}).tree, name) == value
+
+
 def test_defaults_and_a_full_valid_config_pass() -> None:
     cfg = config_from_dict({})
     assert cfg == StreamConfig()
