@@ -410,11 +410,16 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         if common:
             xa = np.concatenate([arrays[a][s] for s in common])
             xb = np.concatenate([arrays[b][s] for s in common])
-            d, ci = stats.bootstrap_diff(stats.op_stat, xa, xb, stats.resamples(len(common), T, n))
+            draws = stats.resamples(len(common), T, n)
+            d, ci = stats.bootstrap_diff(stats.op_stat, xa, xb, draws)
+            fd, fci = stats.bootstrap_diff(stats.forgetting_stat, xa, xb, draws)
             pairs[f"{a} vs {b}"] = {
                 "op_diff": round(d, 2),
                 "op_diff_ci": ci,
                 "verdict": stats.verdict(ci),
+                "forgetting_diff": round(fd, 2),
+                "forgetting_diff_ci": fci,
+                "forgetting_verdict": stats.verdict(fci, higher_is_better=False),
                 "seeds": common,
             }
     tasks = [p["task"] for p in any_cell["per_task"]]

@@ -84,17 +84,21 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
             "",
         ]
     out += [
-        'Paired differences in OP (a minus b, same seeds and test examples); "beats" only where the '
-        "interval excludes zero:",
+        'Paired differences in OP and in forgetting (a minus b, same seeds and test examples); "beats" '
+        'only where the interval excludes zero (in forgetting, "beats" means a forgets less):',
         "",
-        "| a | b | seeds | OP a - b [95% CI] | verdict |",
-        "|---|---|---|---|---|",
+        "| a | b | seeds | OP a - b [95% CI] | verdict | forgetting a - b [95% CI] | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     pairs = details.get("pairs", {})
     for a, b in TARGET_PAIRS:
         p = pairs.get(f"{a} vs {b}")
         if p:
-            out.append(f"| {a} | {b} | {len(p['seeds'])} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} |")
+            fg = _ci(p["forgetting_diff"], p["forgetting_diff_ci"]) if "forgetting_diff" in p else "-"
+            out.append(
+                f"| {a} | {b} | {len(p['seeds'])} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} "
+                f"| {fg} | {p.get('forgetting_verdict', '-')} |"
+            )
     out.append("")
     tl = details["runs"].get("treelora", {}).get(str(seeds[0]))
     if tl:

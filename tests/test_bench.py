@@ -50,7 +50,10 @@ def test_smoke_benchmark_writes_the_documented_shape(tmp_path) -> None:  # type:
     assert len(details["runs"]["treelora"]["0"]["R"]) == 2
     assert set(details["seconds_in_first_tasks"]) == {"treelora", "seq_lora"}  # full-adapter first tasks
     assert details["seconds_in_first_tasks"]["treelora"]["0"] > 0
-    assert details["pairs"]["treelora vs seq_lora"]["verdict"] in ("beats", "tie", "loses")
+    pair = details["pairs"]["treelora vs seq_lora"]
+    assert pair["verdict"] in ("beats", "tie", "loses")
+    lo, hi = pair["forgetting_diff_ci"]  # forgetting is compared pairwise too
+    assert lo <= pair["forgetting_diff"] <= hi and pair["forgetting_verdict"] in ("beats", "tie", "loses")
     assert (tmp_path / "continual-smoke.png").stat().st_size > 1000
     doc = tmp_path / "benchmarks.md"
     report.main(["--folder", str(tmp_path), "--out", str(doc), "--suffix=-smoke"])
