@@ -94,10 +94,9 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     for a, b in TARGET_PAIRS:
         p = pairs.get(f"{a} vs {b}")
         if p:
-            fg = _ci(p["forgetting_diff"], p["forgetting_diff_ci"]) if "forgetting_diff" in p else "-"
             out.append(
                 f"| {a} | {b} | {len(p['seeds'])} | {_ci(p['op_diff'], p['op_diff_ci'])} | {p['verdict']} "
-                f"| {fg} | {p.get('forgetting_verdict', '-')} |"
+                f"| {_ci(p['forgetting_diff'], p['forgetting_diff_ci'])} | {p['forgetting_verdict']} |"
             )
     out.append("")
     tl = details["runs"].get("treelora", {}).get(str(seeds[0]))

@@ -119,11 +119,15 @@ class TreeLoRA(Strategy):
         radius = max(float(d.std()) if n > 1 else 0.05, 0.02) * math.sqrt(2 * math.log(max(t, 2)) / n)
         return float(d.mean()) - radius, float(d.mean()) + radius, task
 
+    def _deepest_branch(self, last_owned: int) -> int:
+        """The deepest block a new task may branch at: the cap, or the root when nothing is shared."""
+        return last_owned if self.tc.share else self.tree.start
+
     def _branch(self, sig: torch.Tensor, relative: str, last_owned: int) -> tuple[int, list[float]]:
         """(branch block, block cosines) of a new task with signature `sig` under `relative`."""
         cos = block_cosines(sig, self.signatures[relative])
         shared = shared_blocks(cos[self.tree.start :].tolist(), self.tc.share_threshold, self.tc.branch_rule)
-        b = min(self.tree.start + shared, last_owned) if self.tc.share else self.tree.start
+        b = min(self.tree.start + shared, self._deepest_branch(last_owned))
         return b, cos.tolist()
 
     def _contender_blocks(
@@ -147,16 +151,15 @@ class TreeLoRA(Strategy):
             return clear
         if self.tc.pull_stop == "decided":
             return clear or self._decided(pulls, scored, last_owned)
-        cap = last_owned if self.tc.share else self.tree.start  # the deepest branch block possible
         blocks = self._contender_blocks(pulls, scored[:1] if clear else scored, last_owned)
-        return blocks == {cap}
+        return blocks == {self._deepest_branch(last_owned)}
 
     def place(self, train: list[Encoded]) -> tuple[str | None, int, torch.Tensor | None, dict[str, Any]]:
         """(relative, branch block, signature, report) for a new task."""
         last_owned = max(self.tree.start, self.tree.end - self.tc.min_own_blocks)
         if self.tc.placement == "always_share" and self.tree.leaves:
             pick = self.rng.choice(list(self.tree.leaves))  # no probe at all: the cheapest rule
-            b = last_owned if self.tc.share else self.tree.start
+            b = self._deepest_branch(last_owned)
             return pick, b, None, {"relative": pick, "pulls": 0, "branch_at": b, "similarity": None}
         known = [t for t in self.tree.leaves if t in self.signatures]
         first = self.tc.max_pulls if not known and self.tc.pull_stop == "settled" else MIN_PULLS
