@@ -16,6 +16,7 @@ order, the adapters' init and the held-out validation split. Within a process th
 up before the first timed cell, and the order of methods rotates from seed to seed (with `--jobs`,
 the cells run longest first instead, by the wall time of the method's earlier cells; seconds per
 task are then the training thread's CPU time, which a cell beside it inflates less than wall time).
+Each run appends its wall-clock seconds and its cells' minutes to `runs.jsonl` beside the cells.
 """
 
 from __future__ import annotations
@@ -283,7 +284,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             minutes = {m: np.mean([c["wall_seconds"] for c in past[m].values()]) for m in past}
             todo.sort(key=lambda sm: -minutes.get(sm[1], np.inf))
         threads = args.threads or (1 if args.jobs > 1 else None)
-        run_cells(todo, args.jobs, _worker_init, (args, threads, lam), _worker_cell, f"cells {args.stream}")
+        init = (args, threads, lam)
+        run_cells(todo, args.jobs, _worker_init, init, _worker_cell, f"cells {args.stream}", folder / "runs.jsonl")
 
 
 def cmd_tune_ewc(args: argparse.Namespace) -> None:

@@ -182,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if todo:
         threads = args.threads or (1 if args.jobs > 1 else None)
         init = (args.model, args.device, args.profile, threads, folder)
-        run_cells(todo, args.jobs, _worker_init, init, _worker_cell, "cells long")
+        run_cells(todo, args.jobs, _worker_init, init, _worker_cell, "cells long", folder / "runs.jsonl")
 
 
 def summarise_cell(cell: dict[str, Any]) -> dict[str, Any]:

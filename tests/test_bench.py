@@ -36,6 +36,9 @@ def test_smoke_benchmark_writes_the_documented_shape(tmp_path) -> None:  # type:
     continual.main(["run", *common, "--seeds", "0", "--methods", "treelora", "seq_lora", "--jobs", "2"])
     assert cell.stat().st_mtime_ns == first
     assert (cell.parent / "seq_lora.json").exists()
+    runs = [json.loads(x) for x in (cell.parent.parent / "runs.jsonl").read_text().splitlines()]
+    assert [r["jobs"] for r in runs] == [1, 2]  # each run's wall time is recorded, with its cells
+    assert list(runs[1]["cell_minutes"]) == ["seed0/seq_lora"] and runs[1]["wall_seconds"] > 0
     continual.main(["aggregate", *common])
     summary = json.loads((tmp_path / "continual-smoke.json").read_text())
     assert set(summary) == {"stream", "profile", "model", "epochs", "seeds", "methods"}
