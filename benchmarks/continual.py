@@ -94,6 +94,7 @@ TARGET_PAIRS = (
 # penalise yet): their seconds per task in units of the cell's first task compare across machines
 # and days, which raw seconds do not (`seconds_in_first_tasks` in the details)
 SAME_FIRST_TASK = ("per_task_lora", "seq_lora", "treelora")
+REF_TIME = "per_task_lora"  # the time targets' reference: an independent LoRA per task, all blocks
 EWC_GRID = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)  # lambda candidates for `tune-ewc`
 
 
@@ -364,6 +365,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
     arrays: dict[str, dict[int, np.ndarray]] = {}  # row name -> seed -> (1, T, T, n)
     methods: dict[str, Any] = {}
     in_first: dict[str, dict[str, float]] = {}
+    per_seed_secs: dict[str, dict[int, float]] = {}  # method -> seed -> mean seconds per task
     for m, by_seed in cells.items():
         seeds = sorted(by_seed)
         cs = [by_seed[s] for s in seeds]
@@ -373,6 +375,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
             rows.append((f"{m}@task_id", "R"))
         secs = np.array([[task_seconds(c, p) for p in c["per_task"]] for c in cs])
         sec_mean, sec_ci = stats.mean_ci(secs)
+        per_seed_secs[m] = {s: float(v) for s, v in zip(seeds, secs.mean(1), strict=True)}
         if METHODS[m][0] in SAME_FIRST_TASK:
             units = np.array([first_task_unit(c) for c in cs])
             in_first[m] = {str(s): round(float(v), 3) for s, v in zip(seeds, secs.mean(1) / units, strict=True)}
@@ -433,6 +436,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         "ewc_lambda": next((c["ewc_lambda"] for c in cells.get("ewc", {}).values()), None),
         "pairs": pairs,
         "seconds_in_first_tasks": in_first,
+        "time_vs_per_task": time_ratios(per_seed_secs, in_first),
         "runs": {
             m: {
                 str(s): {
@@ -447,6 +451,28 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
         },
     }
     return summary, details
+
+
+def time_ratios(secs: dict[str, dict[int, float]], units: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Each method's seconds per task over `per_task_lora`'s on the seeds both have (a method with
+    fewer seeds is not divided by the reference's other seeds), raw and, where both record it, in
+    first-task units; the units ratio is the one that holds across machine days."""
+    ref, ref_units = secs.get(REF_TIME, {}), units.get(REF_TIME, {})
+    out: dict[str, Any] = {}
+    for m, by_seed in secs.items():
+        common = sorted(set(by_seed) & set(ref))
+        if not common:
+            continue
+        row: dict[str, Any] = {
+            "seeds": common,
+            "seconds": round(float(np.mean([by_seed[s] for s in common]) / np.mean([ref[s] for s in common])), 3),
+        }
+        if m in units:
+            u = [str(s) for s in common]
+            mine, theirs = np.mean([units[m][k] for k in u]), np.mean([ref_units[k] for k in u])
+            row["first_task_units"] = round(float(mine / theirs), 3)
+        out[m] = row
+    return out
 
 
 def _means(R: list[list[list[float]]]) -> list[list[float]]:

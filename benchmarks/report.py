@@ -30,11 +30,17 @@ def _ci(v: float, ci: list[float] | None, fmt: str = ".1f") -> str:
     return f"{v:{fmt}}" if not ci else f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
-def _table(methods: dict[str, Any]) -> list[str]:
+def _table(methods: dict[str, Any], ratios: dict[str, Any] | None = None) -> list[str]:
+    """The methods table; `ratios` (the details' `time_vs_per_task`) gives `x per_task` on the
+    seeds a method shares with `per_task_lora`, where the aggregate recorded it."""
     ref = methods.get(REF, {}).get("seconds_per_task")
     rows = [HEAD, "|" + "---|" * 10]
     for name, m in methods.items():
-        ratio = f"{m['seconds_per_task'] / ref:.2f}" if ref else "-"
+        same_seeds = (ratios or {}).get(name.split("@")[0])
+        if same_seeds:
+            ratio = f"{same_seeds['seconds']:.2f}"
+        else:
+            ratio = f"{m['seconds_per_task'] / ref:.2f}" if ref else "-"
         routing = "-" if m["routing_accuracy"] is None else f"{m['routing_accuracy']:.1f}"
         rows.append(
             f"| {name} | {len(m.get('seeds', [])) or '-'} | {_ci(m['op'], m.get('op_ci'))} | {m['bwt_gem']:+.1f} | "
@@ -67,19 +73,26 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     ]
     if details.get("ewc_lambda") is not None:
         out += [f"EWC lambda {details['ewc_lambda']:g}, chosen on validation loss (`ewc-lambda.json`).", ""]
-    out += _table(summary["methods"])
+    ratios = details.get("time_vs_per_task") or {}
+    out += _table(summary["methods"], ratios)
     out += [
         "",
         "`<method>` rows of routed methods use the router (no task id); `<method>@task_id` the true id. "
-        "`x per_task` is seconds per task relative to `per_task_lora`.",
+        "`x per_task` is seconds per task relative to `per_task_lora` on the seeds both have.",
         "",
     ]
     units = details.get("seconds_in_first_tasks") or {}
     if units:
+
+        def _unit(m: str) -> str:
+            r = ratios.get(m, {}).get("first_task_units")
+            same = f" ({r:.2f}x `per_task_lora` on the same seeds)" if r is not None and m != "per_task_lora" else ""
+            return f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}{same}"
+
         out += [
             "Seconds per task in units of the cell's own first task without its placement (the same work "
             "for these full-adapter methods, so comparable across machines and days; mean over seeds): "
-            + ", ".join(f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}" for m in sorted(units))
+            + ", ".join(_unit(m) for m in sorted(units))
             + ".",
             "",
         ]

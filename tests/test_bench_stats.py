@@ -45,3 +45,15 @@ def test_paired_rate_difference_over_the_same_items() -> None:
     assert d["diff"] == 30.0 and d["ci"][0] > 0 and d["verdict"] == "beats"
     assert stats.paired_rate_diff(b, a)["verdict"] == "loses"
     assert stats.paired_rate_diff(a, a.copy()) == {"diff": 0.0, "ci": [0.0, 0.0], "verdict": "tie"}
+
+
+def test_time_ratios_divide_by_the_reference_on_the_same_seeds_only() -> None:
+    from benchmarks.continual import time_ratios
+
+    secs = {"per_task_lora": {0: 100.0, 1: 100.0, 2: 200.0}, "treelora": {0: 60.0, 1: 70.0}, "ewc": {3: 90.0}}
+    units = {"per_task_lora": {"0": 1.0, "1": 1.2, "2": 1.0}, "treelora": {"0": 0.6, "1": 0.6}}
+    r = time_ratios(secs, units)
+    # seed 2 (the reference's slow one) is not in treelora's denominator: 65 / 100, not 65 / 133
+    assert r["treelora"] == {"seeds": [0, 1], "seconds": 0.65, "first_task_units": round(0.6 / 1.1, 3)}
+    assert "ewc" not in r  # no seed in common: no ratio
+    assert r["per_task_lora"]["seconds"] == 1.0
