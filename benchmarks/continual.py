@@ -63,6 +63,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
     # first_below, and the search stops pulling early only on a decided share up to the cap
     "treelora[settled]": ("treelora", {"tree": {"pull_stop": "settled"}}),
+    # settled's pulls, and a single block's dip between two agreeing blocks does not end sharing
+    "treelora[smoothed]": ("treelora", {"tree": {"branch_rule": "median_below", "pull_stop": "settled"}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -84,6 +86,7 @@ TARGET_PAIRS = (
     ("treelora", "treelora[decided]"),
     ("treelora[best_prefix]", "treelora[decided]"),
     ("treelora", "treelora[settled]"),
+    ("treelora", "treelora[smoothed]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),

@@ -51,7 +51,13 @@ PAIRS = tuple(("treelora", b) for b in ("per_task_lora", "lora_top", "o_lora", "
 # cell routed by an older router (their seed 0 cells) compares like with like
 ABLATION_PAIRS = tuple(
     ("treelora", b)
-    for b in ("treelora[random_relative]", "treelora[always_share]", "treelora[decided]", "treelora[settled]")
+    for b in (
+        "treelora[random_relative]",
+        "treelora[always_share]",
+        "treelora[decided]",
+        "treelora[settled]",
+        "treelora[smoothed]",
+    )
 )
 # the issue's five methods, longest cells first so that `--jobs` workers finish together; the
 # search ablations ("Does the search matter?": treelora[random_relative], treelora[always_share])

@@ -233,6 +233,7 @@ SEARCH_ROWS = (
     "treelora[best_prefix]",
     "treelora[decided]",
     "treelora[settled]",
+    "treelora[smoothed]",
     "per_task_lora",
 )
 
@@ -259,7 +260,9 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
         "`treelora[decided]` is `best_prefix` whose search also stops taking probe pulls once every "
         "candidate the bound cannot rule out gives the same branch block; `treelora[settled]` keeps "
         "the first-below rule and stops pulling early only when every such candidate shares up to the "
-        "cap (a branch above it, and the first task's signature, take every pull). Same "
+        "cap (a branch above it, and the first task's signature, take every pull); `treelora[smoothed]` "
+        "takes `settled`'s pulls and branches at the first block whose cosine, median-filtered over it "
+        "and its two neighbours, is below the threshold (a single block's dip does not end sharing). Same "
         "budget, data, seeds and stopping rule as the tables above; OP with routing (no task id).",
         "",
         "| stream | method | seeds | OP [95% CI] | forgetting [95% CI] | s/task [95% CI] "

@@ -96,7 +96,7 @@ def test_named_tree_choices_refuse_anything_else(name: str, value: Any) -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [("placement", v) for v in ("search", "random", "always_share")]
-    + [("branch_rule", v) for v in ("first_below", "best_prefix")]
+    + [("branch_rule", v) for v in ("first_below", "best_prefix", "median_below")]
     + [("pull_stop", v) for v in ("separated", "decided", "settled")],
 )
 def test_named_tree_choices_accept_each_documented_value(name: str, value: str) -> None:

@@ -89,3 +89,12 @@ def test_branch_rules_on_block_cosines() -> None:
     assert shared_blocks(stranger, 0.5, "best_prefix") == 0  # the deep blocks cannot pay back the shallow ones
     assert shared_blocks([0.9, 0.8, 0.2, 0.1], 0.5, "best_prefix") == 2
     assert shared_blocks([0.9, 0.8, 0.9], 0.5, "first_below") == 3
+    # median_below: one block's dip between two blocks above the threshold is read as noise ...
+    dip = [0.62, 0.59, 0.41, 0.62, 0.58, 0.67, 0.71, 0.71]  # WordNet seed 1's second task, four pulls
+    assert shared_blocks(dip, 0.5, "first_below") == 2
+    assert shared_blocks(dip, 0.5, "median_below") == 8
+    # ... but a low first block (it has one neighbour), or two low blocks in a row, end sharing
+    low_first = [0.42, 0.68, 0.63, 0.55, 0.49, 0.65, 0.65]  # long stream: noun-open-0 under verb-open-0
+    assert shared_blocks(low_first, 0.5, "median_below") == 0
+    assert shared_blocks([0.9, 0.8, 0.4, 0.45, 0.9, 0.9], 0.5, "median_below") == 2
+    assert shared_blocks(noisy, 0.5, "median_below") == 0 and shared_blocks(stranger, 0.5, "median_below") == 0

@@ -23,7 +23,7 @@ MIN_PULLS = 1  # one minibatch finds the nearest task for most tasks; LCB asks f
 WARM_THRESHOLD = 0.3  # below this overall similarity a relative is no better than a fresh start
 
 Placement = Literal["search", "random", "always_share"]
-BranchRule = Literal["first_below", "best_prefix"]
+BranchRule = Literal["first_below", "best_prefix", "median_below"]
 PullStop = Literal["separated", "decided", "settled"]
 
 
@@ -45,7 +45,10 @@ class TreeConfig:
     placement: Placement = "search"
     # where the branch starts: "first_below" shares blocks up to the first whose cosine is below
     # `share_threshold`; "best_prefix" shares the prefix whose summed margin (cosine minus the
-    # threshold) is largest, so one noisy block near the input does not end sharing
+    # threshold) is largest, so one noisy block near the input does not end sharing;
+    # "median_below" is "first_below" on the cosines median-filtered over each block and its two
+    # neighbours (an edge block repeats itself), so a single block's dip between two blocks above
+    # the threshold does not end sharing while a low first block, or two low blocks in a row, do
     branch_rule: BranchRule = "first_below"
     # when the descent stops taking probe pulls at a close call (always by `max_pulls`):
     # "separated" once the best child's UCB is below the runner-up's LCB; "decided" also once every
@@ -63,14 +66,18 @@ class TreeConfig:
         check_bounds(self)
         if self.placement not in ("search", "random", "always_share"):
             raise ConfigError("placement must be search, random or always_share", param="placement")
-        if self.branch_rule not in ("first_below", "best_prefix"):
-            raise ConfigError("branch_rule must be first_below or best_prefix", param="branch_rule")
+        if self.branch_rule not in ("first_below", "best_prefix", "median_below"):
+            raise ConfigError("branch_rule must be first_below, best_prefix or median_below", param="branch_rule")
         if self.pull_stop not in ("separated", "decided", "settled"):
             raise ConfigError("pull_stop must be separated, decided or settled", param="pull_stop")
 
 
 def shared_blocks(cosines: list[float], threshold: float, rule: BranchRule) -> int:
     """How many leading blocks a new task shares with its relative, from their block cosines."""
+    if rule == "median_below":
+        n = len(cosines)
+        cosines = [sorted((cosines[max(k - 1, 0)], c, cosines[min(k + 1, n - 1)]))[1] for k, c in enumerate(cosines)]
+        rule = "first_below"
     if rule == "first_below":
         return next((k for k, c in enumerate(cosines) if c < threshold), len(cosines))
     best, total, shared = 0.0, 0.0, 0
