@@ -10,13 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .continual import TARGET_PAIRS
+from .continual import REF_TIME, TARGET_PAIRS
 
 HEAD = (
     "| method | seeds | OP [95% CI] | BWT (GEM) | forgetting [95% CI] | s/task [95% CI] | x per_task | trainable "
     "| stored KiB | routing % |"
 )
-REF = "per_task_lora@task_id"  # the time reference: an independent LoRA per task, all blocks
 
 
 def _notes(out: list[str], folder: Path, name: str) -> None:
@@ -33,14 +32,10 @@ def _ci(v: float, ci: list[float] | None, fmt: str = ".1f") -> str:
 def _table(methods: dict[str, Any], ratios: dict[str, Any] | None = None) -> list[str]:
     """The methods table; `ratios` (the details' `time_vs_per_task`) gives `x per_task` on the
     seeds a method shares with `per_task_lora`, where the aggregate recorded it."""
-    ref = methods.get(REF, {}).get("seconds_per_task")
     rows = [HEAD, "|" + "---|" * 10]
     for name, m in methods.items():
         same_seeds = (ratios or {}).get(name.split("@")[0])
-        if same_seeds:
-            ratio = f"{same_seeds['seconds']:.2f}"
-        else:
-            ratio = f"{m['seconds_per_task'] / ref:.2f}" if ref else "-"
+        ratio = f"{same_seeds['seconds']:.2f}" if same_seeds else "-"  # no seed shared with the reference
         routing = "-" if m["routing_accuracy"] is None else f"{m['routing_accuracy']:.1f}"
         rows.append(
             f"| {name} | {len(m.get('seeds', [])) or '-'} | {_ci(m['op'], m.get('op_ci'))} | {m['bwt_gem']:+.1f} | "
@@ -86,7 +81,7 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
 
         def _unit(m: str) -> str:
             r = ratios.get(m, {}).get("first_task_units")
-            same = f" ({r:.2f}x `per_task_lora` on the same seeds)" if r is not None and m != "per_task_lora" else ""
+            same = f" ({r:.2f}x `{REF_TIME}` on the same seeds)" if r is not None and m != REF_TIME else ""
             return f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}{same}"
 
         out += [
