@@ -145,6 +145,32 @@ def test_mixed_task_predictions_match_single_requests(tiny_learner) -> None:  # 
         learner.predict(prompts, task="nope")
 
 
+def test_generate_batches_by_length_and_answers_in_the_given_order(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner("treelora")
+    for t in TASKS:
+        learner.learn(t)
+    rows = [(e.prompt + " now" * k, t.name) for t in TASKS for k, e in enumerate(t.test[:3])]
+    rows.sort(key=lambda r: -len(r[0]))  # longest first: batching by length must reorder them
+    prompts = [p for p, _ in rows]
+    paths = [learner.path_for(t) for _, t in rows]
+    seen: list[tuple[int, bool]] = []
+    real = learner.model.generate
+
+    def spy(**kw):  # type: ignore[no-untyped-def]
+        seen.append((int(kw["attention_mask"].shape[1]), bool(kw["do_sample"])))
+        return real(**kw)
+
+    learner.model.generate = spy
+    batched = learner.generate(prompts, paths, max_new_tokens=4, batch_size=2)
+    widths = [w for w, _ in seen]
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # shortest prompts first
+    alone = [learner.generate([p], [q], max_new_tokens=4)[0] for p, q in zip(prompts, paths, strict=True)]
+    assert batched == alone
+    seen.clear()
+    learner.generate(prompts, paths, max_new_tokens=2, batch_size=2, do_sample=True)
+    assert len(seen) == 3 and all(s for _, s in seen)  # every batch samples, not only the first
+
+
 def shared_weights(learner: ContinualLearner) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in learner.bank.params(SHARED)])
 

@@ -254,26 +254,30 @@ class ContinualLearner:
     def generate(
         self, prompts: list[str], paths: list[Path], *, max_new_tokens: int = 8, batch_size: int = 32, **gen: Any
     ) -> list[str]:
-        """Greedy (default) or sampled generation; each row uses its own path."""
-        out: list[str] = []
-        for i in range(0, len(prompts), batch_size):
-            ids, mask = left_pad(
-                [self.fmt.encode_prompt(p, max_new_tokens) for p in prompts[i : i + batch_size]],
-                self.tok.pad_token_id,
-                self.device,
-            )
-            plan = plans_for_rows(paths[i : i + batch_size], self.bank.n_blocks)
+        """Greedy (default) or sampled generation; each row uses its own path. Rows are batched in
+        order of prompt length (the answers come back in the given order), so a batch pads little:
+        a row's greedy answer does not depend on the rest of its batch."""
+        enc = [self.fmt.encode_prompt(p, max_new_tokens) for p in prompts]
+        order = sorted(range(len(enc)), key=lambda k: len(enc[k]))
+        out: list[str] = [""] * len(enc)
+        do_sample = gen.pop("do_sample", False)  # once: every batch samples (or not) alike
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            ids, mask = left_pad([enc[k] for k in rows], self.tok.pad_token_id, self.device)
+            plan = plans_for_rows([paths[k] for k in rows], self.bank.n_blocks)
             generate: Any = self.model.generate
             with self.bank.routed(plan):
                 seqs = generate(
                     input_ids=ids,
                     attention_mask=mask,
                     max_new_tokens=max_new_tokens,
-                    do_sample=gen.pop("do_sample", False),
+                    do_sample=do_sample,
                     pad_token_id=self.tok.pad_token_id,
                     **gen,
                 )
-            out += self.tok.batch_decode(seqs[:, ids.shape[1] :], skip_special_tokens=True)
+            texts = self.tok.batch_decode(seqs[:, ids.shape[1] :], skip_special_tokens=True)
+            for k, text in zip(rows, texts, strict=True):
+                out[k] = text
         return out
 
     def predict(self, prompts: list[str], task: str | None = "auto", **gen: Any) -> list[Prediction]:
