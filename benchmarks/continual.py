@@ -387,8 +387,7 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
             arrays[name] = {s: x[k : k + 1] for k, s in enumerate(seeds)}
             op, op_ci = stats.bootstrap(stats.op_stat, x, draws)
             fg, fg_ci = stats.bootstrap(stats.forgetting_stat, x, draws)
-            final, diag = x[:, T - 1].mean(axis=-1).mean(axis=0), x[:, np.arange(T), np.arange(T)].mean(axis=-1).mean(0)
-            bwt = float(np.mean(final[: T - 1] - diag[: T - 1])) if T > 1 else 0.0
+            bwt = stats.bwt_stat(x)
             routing = [c["per_task"][-1]["routing_accuracy"] for c in cs] if name == m and cs[0]["routed"] else None
             methods[name] = {
                 "op": round(op, 2),

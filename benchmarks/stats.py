@@ -79,6 +79,18 @@ def mean_ci(values: np.ndarray, b: int = 1000, level: float = 0.95, seed: int = 
     return float(values.mean()), [round(float(lo), 2), round(float(hi), 2)]
 
 
+def bwt_stat(x: Scores) -> float:
+    """BWT in GEM's sign (negative = forgetting): the mean over old tasks of the final score minus
+    the score just after learning the task, averaged over seeds. NaN padding (a task with fewer
+    test examples) is skipped."""
+    T = x.shape[1]
+    if T == 1:
+        return 0.0
+    final = np.nanmean(x[:, T - 1, : T - 1], axis=-1)  # (S, T-1)
+    diag = np.nanmean(x[:, np.arange(T - 1), np.arange(T - 1)], axis=-1)
+    return float((final - diag).mean())
+
+
 def op_stat(x: Scores) -> float:
     return float(op_and_forgetting(x)[0].mean())
 

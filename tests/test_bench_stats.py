@@ -26,6 +26,16 @@ def test_op_and_forgetting_match_their_definitions() -> None:
     assert np.all(fg > 40)  # task 0 fell from 100 to about 50
 
 
+def test_bwt_skips_the_padding_of_a_task_with_fewer_test_examples() -> None:
+    x = matrix([0.5, 0.5, 0.5], [1.0, 1.0, 1.0])
+    x[:, :, 1, 150:] = np.nan  # task 1 has 150 test examples, padded to 200
+    expected = np.mean(
+        [np.nanmean(x[:, 2, i], axis=-1) - np.nanmean(x[:, i, i], axis=-1) for i in range(2)], axis=0
+    ).mean()
+    assert np.isfinite(stats.bwt_stat(x)) and np.isclose(stats.bwt_stat(x), expected) and expected < -40
+    assert stats.bwt_stat(x[:, :1, :1]) == 0.0  # one task: nothing to forget
+
+
 def test_verdicts_follow_the_interval_of_the_paired_difference() -> None:
     strong, weak = matrix([0.9, 0.9], [0.9, 0.9]), matrix([0.6, 0.6], [0.6, 0.6])
     draws = stats.resamples(3, 2, 200, b=200)
