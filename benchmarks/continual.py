@@ -46,7 +46,9 @@ from . import stats
 from .cell_pool import run_cells, write_cell
 
 # method name -> (strategy, config sections that differ from the strategy's defaults)
+FIRST_BELOW = {"branch_rule": "first_below", "pull_stop": "separated"}  # the tree's former default
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    # the default: median-filtered first-below branch rule, "settled" probe pulls
     "treelora": ("treelora", {}),
     "per_task_lora": ("per_task_lora", {}),
     "lora_top": ("lora_top", {}),
@@ -54,17 +56,18 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "o_lora": ("o_lora", {}),
     "ewc": ("ewc", {}),
     "treelora_paper": ("treelora_paper", {}),
-    "treelora[no_warm]": ("treelora", {"tree": {"warm_start": False}}),
-    "treelora[no_share]": ("treelora", {"tree": {"share": False}}),
-    "treelora[random_relative]": ("treelora", {"tree": {"placement": "random"}}),
-    "treelora[always_share]": ("treelora", {"tree": {"placement": "always_share"}}),
-    "treelora[best_prefix]": ("treelora", {"tree": {"branch_rule": "best_prefix"}}),
+    # the former default: the first raw cosine below the threshold ends sharing; pulls stop once
+    # the best child is separated. The ablations below change one thing each from it.
+    "treelora[first_below]": ("treelora", {"tree": FIRST_BELOW}),
+    "treelora[no_warm]": ("treelora", {"tree": {**FIRST_BELOW, "warm_start": False}}),
+    "treelora[no_share]": ("treelora", {"tree": {**FIRST_BELOW, "share": False}}),
+    "treelora[random_relative]": ("treelora", {"tree": {**FIRST_BELOW, "placement": "random"}}),
+    "treelora[always_share]": ("treelora", {"tree": {**FIRST_BELOW, "placement": "always_share"}}),
+    "treelora[best_prefix]": ("treelora", {"tree": {**FIRST_BELOW, "branch_rule": "best_prefix"}}),
     # best_prefix, and the search stops pulling once more pulls cannot change the branch block
     "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
     # first_below, and the search stops pulling early only on a decided share up to the cap
-    "treelora[settled]": ("treelora", {"tree": {"pull_stop": "settled"}}),
-    # settled's pulls, and a single block's dip between two agreeing blocks does not end sharing
-    "treelora[smoothed]": ("treelora", {"tree": {"branch_rule": "median_below", "pull_stop": "settled"}}),
+    "treelora[settled]": ("treelora", {"tree": {**FIRST_BELOW, "pull_stop": "settled"}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -78,15 +81,16 @@ TARGET_PAIRS = (
     ("treelora", "treelora_paper"),
     ("treelora@task_id", "per_task_lora@task_id"),
     ("treelora@task_id", "lora_top@task_id"),
-    ("treelora", "treelora[no_warm]"),
-    ("treelora", "treelora[no_share]"),
+    ("treelora", "treelora[first_below]"),
+    ("treelora[first_below]", "treelora[no_warm]"),
+    ("treelora[first_below]", "treelora[no_share]"),
     ("treelora", "treelora[random_relative]"),
     ("treelora", "treelora[always_share]"),
     ("treelora", "treelora[best_prefix]"),
     ("treelora", "treelora[decided]"),
     ("treelora[best_prefix]", "treelora[decided]"),
     ("treelora", "treelora[settled]"),
-    ("treelora", "treelora[smoothed]"),
+    ("treelora[first_below]", "treelora[settled]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),

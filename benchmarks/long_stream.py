@@ -56,7 +56,7 @@ ABLATION_PAIRS = tuple(
         "treelora[always_share]",
         "treelora[decided]",
         "treelora[settled]",
-        "treelora[smoothed]",
+        "treelora[first_below]",
     )
 )
 # the five methods, longest cells first so that `--jobs` workers finish together; the

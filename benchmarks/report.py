@@ -223,12 +223,12 @@ def _long_stream(out: list[str], folder: Path) -> None:
 
 SEARCH_ROWS = (
     "treelora",
+    "treelora[first_below]",
     "treelora[random_relative]",
     "treelora[always_share]",
     "treelora[best_prefix]",
     "treelora[decided]",
     "treelora[settled]",
-    "treelora[smoothed]",
     "per_task_lora",
 )
 
@@ -247,17 +247,19 @@ def _search(out: list[str], folder: Path, suffix: str) -> None:
     out += [
         "## Does the search matter?",
         "",
-        "`treelora` places a task by comparing its probe-gradient signature with the tree's (LCB search, "
-        "then the first-below branch rule). `treelora[random_relative]` picks a uniformly random earlier "
-        "task and applies the same branch rule to it; `treelora[always_share]` skips the probe and shares "
-        "every block but the last `min_own_blocks` with a random earlier task; `treelora[best_prefix]` "
-        "searches as `treelora` does and branches at the prefix with the largest summed margin; "
-        "`treelora[decided]` is `best_prefix` whose search also stops taking probe pulls once every "
-        "candidate the bound cannot rule out gives the same branch block; `treelora[settled]` keeps "
-        "the first-below rule and stops pulling early only when every such candidate shares up to the "
-        "cap (a branch above it, and the first task's signature, take every pull); `treelora[smoothed]` "
-        "takes `settled`'s pulls and branches at the first block whose cosine, median-filtered over it "
-        "and its two neighbours, is below the threshold (a single block's dip does not end sharing). Same "
+        "`treelora` places a task by comparing its probe-gradient signature with the tree's (LCB search) "
+        "and branches at the first block whose cosine with its relative, median-filtered over the block "
+        "and its two neighbours, is below the threshold (a single block's dip does not end sharing); "
+        "its search stops taking probe pulls early only when every candidate the bound cannot rule out "
+        "shares up to the cap (a branch above it, and the first task's signature, take every pull). "
+        "`treelora[first_below]` is the former default: the first raw cosine below the threshold ends "
+        "sharing, and pulls stop once the best child is separated; the rows after it change one thing "
+        "from it. `treelora[random_relative]` picks a uniformly random earlier task and applies the "
+        "first-below rule to it; `treelora[always_share]` skips the probe and shares every block but "
+        "the last `min_own_blocks` with a random earlier task; `treelora[best_prefix]` branches at the "
+        "prefix with the largest summed margin; `treelora[decided]` is `best_prefix` whose search also "
+        "stops taking probe pulls once every candidate the bound cannot rule out gives the same branch "
+        "block; `treelora[settled]` takes the default's pulls with the raw first-below rule. Same "
         "budget, data, seeds and stopping rule as the tables above; OP with routing (no task id).",
         "",
         "| stream | method | seeds | OP [95% CI] | forgetting [95% CI] | s/task [95% CI] "

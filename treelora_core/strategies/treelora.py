@@ -43,21 +43,21 @@ class TreeConfig:
     # block; "random": a uniformly random earlier task, then the same branch rule; "always_share":
     # a random earlier task, sharing all but the last `min_own_blocks` (the last two: ablations)
     placement: Placement = "search"
-    # where the branch starts: "first_below" shares blocks up to the first whose cosine is below
-    # `share_threshold`; "best_prefix" shares the prefix whose summed margin (cosine minus the
-    # threshold) is largest, so one noisy block near the input does not end sharing;
-    # "median_below" is "first_below" on the cosines median-filtered over each block and its two
-    # neighbours (an edge block repeats itself), so a single block's dip between two blocks above
-    # the threshold does not end sharing while a low first block, or two low blocks in a row, do
-    branch_rule: BranchRule = "first_below"
+    # where the branch starts: "median_below" (the default) shares blocks up to the first whose
+    # cosine, median-filtered over the block and its two neighbours (an edge block repeats
+    # itself), is below `share_threshold`, so a single block's dip between two blocks above the
+    # threshold does not end sharing while a low first block, or two low blocks in a row, do;
+    # "first_below" reads the raw cosines (one low block ends sharing); "best_prefix" shares the
+    # prefix whose summed margin (cosine minus the threshold) is largest
+    branch_rule: BranchRule = "median_below"
     # when the descent stops taking probe pulls at a close call (always by `max_pulls`):
     # "separated" once the best child's UCB is below the runner-up's LCB; "decided" also once every
     # child the bound cannot rule out would give the same branch block (more pulls could then only
     # change which of near-equal relatives warm-starts the branch, not the tree's shape);
-    # "settled" stops early only on a decided share up to `min_own_blocks` and takes every pull
-    # for a branch above that cap and for the first task's signature (probe noise pulls a cosine
-    # towards zero on average: a high cosine on one pull is evidence, a low one may be noise)
-    pull_stop: PullStop = "separated"
+    # "settled" (the default) stops early only on a decided share up to `min_own_blocks` and takes
+    # every pull for a branch above that cap and for the first task's signature (probe noise pulls
+    # a cosine towards zero on average: a high cosine on one pull is evidence, a low one may be noise)
+    pull_stop: PullStop = "settled"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
     # seed of the shared probe A (same for every task, so comparable)
     probe_seed: int = bounded(1234, ge=0, le=2**32 - 1)
