@@ -163,9 +163,10 @@ def _long_stream(out: list[str], folder: Path) -> None:
         "OP and forgetting are over all tasks at the end (with routing for methods that need a task id); "
         "seconds are per task, first five tasks against last five; bytes are what the method stores after "
         "the last task; comparisons are the placement's signature comparisons for the last task; routing "
-        "is over every task's test prompts. Seeds listed per row. The `treelora[...]` search ablations (run with "
-        "`--methods`) were routed by the router of their time (nearest prototypes), the other rows by the "
-        "current default (the discriminant): compare their OP with the task id.",
+        "is over every task's test prompts. Seeds listed per row. The `treelora[random_relative]` and "
+        "`treelora[always_share]` cells (run with `--methods`) were routed by the router of their time "
+        "(nearest prototypes), the other rows by the current default (the discriminant): compare their OP "
+        "with the task id.",
         "",
         "| method | seeds | OP | OP with task id | forgetting | s/task (N 1-5) | s/task (N 16-20) | stored MB "
         "| comparisons (N=20) | routing % | tree ARI vs families | shared blocks within / across |",
