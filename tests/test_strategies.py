@@ -11,6 +11,7 @@ from treelora_core.export import export_peft
 from treelora_core.learner import ContinualLearner
 from treelora_core.strategies import REGISTRY, STRATEGIES
 from treelora_core.strategies.seq_lora import SHARED
+from treelora_core.strategies.treelora import STRANGER_MARGIN
 
 from .conftest import toy_task
 
@@ -270,7 +271,7 @@ def test_treelora_decided_pull_stop_skips_pulls_that_cannot_change_the_branch(ti
     assert st._decided(probe, apart, 2)  # type: ignore[attr-defined]
 
 
-def test_treelora_settled_pull_stop_takes_every_pull_before_branching_above_the_cap(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+def test_treelora_settled_pull_stop_takes_every_pull_on_a_close_call_only(tiny_learner) -> None:  # type: ignore[no-untyped-def]
     learner = tiny_learner("treelora")
     tc, st = learner.cfg.tree, learner.strategy
     tc.pull_stop = "settled"
@@ -280,9 +281,16 @@ def test_treelora_settled_pull_stop_takes_every_pull_before_branching_above_the_
     learner.learn(TASKS[0])
     tc.share_threshold = -1.0  # the one candidate shares up to the cap: one pull settles it
     assert st.place(new)[3]["pulls"] == 1  # type: ignore[attr-defined]
-    tc.share_threshold = 1.0  # no block reaches it: a branch at the root needs every pull
+    tc.pull_stop = "separated"  # one clear pull: the first block's cosine the settled stop sees
+    first_block = st.place(new)[3]["block_cosines"][st.tree.start]  # type: ignore[attr-defined]
+    tc.pull_stop = "settled"
+    tc.share_threshold = first_block + STRANGER_MARGIN / 2  # below it, but close: every pull
     _, b, _, info = st.place(new)  # type: ignore[attr-defined]
     assert (b, info["pulls"]) == (st.tree.start, tc.max_pulls)  # type: ignore[attr-defined]
+    tc.share_threshold = first_block + 2 * STRANGER_MARGIN  # a clear stranger: one pull settles it
+    _, b, _, info = st.place(new)  # type: ignore[attr-defined]
+    assert (b, info["pulls"]) == (st.tree.start, 1)  # type: ignore[attr-defined]
     for stop in ("separated", "decided"):  # the other stops branch at the root on one clear pull
         tc.pull_stop = stop
+        tc.share_threshold = first_block + STRANGER_MARGIN / 2
         assert st.place(new)[3]["pulls"] == 1  # type: ignore[attr-defined]

@@ -21,6 +21,11 @@ from .base import Context, Strategy, TrainSetup
 
 MIN_PULLS = 1  # one minibatch finds the nearest task for most tasks; LCB asks for more on close calls
 WARM_THRESHOLD = 0.3  # below this overall similarity a relative is no better than a fresh start
+# a "clear stranger" for the settled pull stop: a candidate whose first-block cosine is this far
+# below `share_threshold` branches at the root however many pulls follow: probe noise lowers a
+# cosine, but not by half (two halves of a long-stream task's four pulls agree at 0.86 on block 0,
+# which puts a one-pull cosine at about 0.9 of a four-pull one)
+STRANGER_MARGIN = 0.25
 
 Placement = Literal["search", "random", "always_share"]
 BranchRule = Literal["first_below", "best_prefix", "median_below"]
@@ -54,9 +59,12 @@ class TreeConfig:
     # "separated" once the best child's UCB is below the runner-up's LCB; "decided" also once every
     # child the bound cannot rule out would give the same branch block (more pulls could then only
     # change which of near-equal relatives warm-starts the branch, not the tree's shape);
-    # "settled" (the default) stops early only on a decided share up to `min_own_blocks` and takes
-    # every pull for a branch above that cap and for the first task's signature (probe noise pulls
-    # a cosine towards zero on average: a high cosine on one pull is evidence, a low one may be noise)
+    # "settled" (the default) stops early on a decided share up to `min_own_blocks` and on a clear
+    # stranger (every candidate branches at the root with a first-block cosine `STRANGER_MARGIN`
+    # below the threshold), and takes every pull for a close call between those (a branch above
+    # the cap, or at the root by a small margin) and for the first task's signature (probe noise
+    # pulls a cosine towards zero on average: a high cosine on one pull is evidence, a low one
+    # near the threshold may be noise)
     pull_stop: PullStop = "settled"
     cache_prefix: bool = True  # reuse the frozen prefix's hidden states after the first epoch
     # seed of the shared probe A (same for every task, so comparable)
@@ -137,18 +145,26 @@ class TreeLoRA(Strategy):
         b = min(self.tree.start + shared, self._deepest_branch(last_owned))
         return b, cos.tolist()
 
-    def _contender_blocks(
+    def _contender_branches(
         self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], last_owned: int
-    ) -> set[int]:
-        """Branch blocks, with the signature so far, under the closest member of every child the
-        bound cannot rule out (LCB at most the best child's UCB)."""
+    ) -> list[tuple[int, list[float]]]:
+        """(branch block, block cosines), with the signature so far, under the closest member of
+        every child the bound cannot rule out (LCB at most the best child's UCB)."""
         contenders = [member for lcb, _, member, _ in scored if lcb <= scored[0][1]]
         sig = pulls.mean(0)
-        return {self._branch(sig, member, last_owned)[0] for member in contenders}
+        return [self._branch(sig, member, last_owned) for member in contenders]
 
     def _decided(self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], last_owned: int) -> bool:
         """Whether every child the bound cannot rule out gives the same branch block."""
-        return len(self._contender_blocks(pulls, scored, last_owned)) == 1
+        return len({b for b, _ in self._contender_branches(pulls, scored, last_owned)}) == 1
+
+    def _settled(self, branches: list[tuple[int, list[float]]], last_owned: int) -> bool:
+        """Whether more pulls could not change the branch: every contender shares up to the cap, or
+        every one is a clear stranger (a root branch with its first block far below the threshold)."""
+        if {b for b, _ in branches} == {self._deepest_branch(last_owned)}:
+            return True
+        start, floor = self.tree.start, self.tc.share_threshold - STRANGER_MARGIN
+        return all(b == start and cos[start] < floor for b, cos in branches)
 
     def _stop(
         self, pulls: torch.Tensor, scored: list[tuple[float, float, str, str]], clear: bool, last_owned: int
@@ -158,8 +174,7 @@ class TreeLoRA(Strategy):
             return clear
         if self.tc.pull_stop == "decided":
             return clear or self._decided(pulls, scored, last_owned)
-        blocks = self._contender_blocks(pulls, scored[:1] if clear else scored, last_owned)
-        return blocks == {self._deepest_branch(last_owned)}
+        return self._settled(self._contender_branches(pulls, scored[:1] if clear else scored, last_owned), last_owned)
 
     def place(self, train: list[Encoded]) -> tuple[str | None, int, torch.Tensor | None, dict[str, Any]]:
         """(relative, branch block, signature, report) for a new task."""
