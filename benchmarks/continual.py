@@ -462,7 +462,8 @@ def summarise(out: Path, stream: str, profile: str) -> tuple[dict[str, Any], dic
 def time_ratios(secs: dict[str, dict[int, float]], units: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Each method's seconds per task over `per_task_lora`'s on the seeds both have (a method with
     fewer seeds is not divided by the reference's other seeds), raw and, where both record it, in
-    first-task units; the units ratio is the one that holds across machine days."""
+    first-task units with a bootstrap interval over those seeds; the units ratio is the one that
+    holds across machine days."""
     ref, ref_units = secs.get(REF_TIME, {}), units.get(REF_TIME, {})
     out: dict[str, Any] = {}
     for m, by_seed in secs.items():
@@ -474,9 +475,9 @@ def time_ratios(secs: dict[str, dict[int, float]], units: dict[str, dict[str, fl
             "seconds": round(float(np.mean([by_seed[s] for s in common]) / np.mean([ref[s] for s in common])), 3),
         }
         if m in units:
-            u = [str(s) for s in common]
-            mine, theirs = np.mean([units[m][k] for k in u]), np.mean([ref_units[k] for k in u])
-            row["first_task_units"] = round(float(mine / theirs), 3)
+            mine, theirs = (np.array([us[str(s)] for s in common]) for us in (units[m], ref_units))
+            row["first_task_units"] = round(float(mine.mean() / theirs.mean()), 3)
+            row["first_task_units_ci"] = stats.ratio_ci(mine, theirs)
         out[m] = row
     return out
 

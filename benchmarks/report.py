@@ -80,15 +80,15 @@ def _stream(out: list[str], folder: Path, name: str, title: str, command: str) -
     if units:
 
         def _unit(m: str) -> str:
-            r = ratios.get(m, {}).get("first_task_units")
-            same = f" ({r:.2f}x `{REF_TIME}` on the same seeds)" if r is not None and m != REF_TIME else ""
+            r, ci = ratios.get(m, {}).get("first_task_units"), ratios.get(m, {}).get("first_task_units_ci")
+            band = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+            same = f" ({r:.2f}x{band} `{REF_TIME}` on the same seeds)" if r is not None and m != REF_TIME else ""
             return f"`{m}` {sum(units[m].values()) / len(units[m]):.2f}{same}"
 
         out += [
             "Seconds per task in units of the cell's own first task without its placement (the same work "
-            "for these full-adapter methods, so comparable across machines and days; mean over seeds): "
-            + ", ".join(_unit(m) for m in sorted(units))
-            + ".",
+            "for these full-adapter methods, so comparable across machines and days; mean over seeds; "
+            "a ratio's interval is a bootstrap over its seeds): " + ", ".join(_unit(m) for m in sorted(units)) + ".",
             "",
         ]
     out += [

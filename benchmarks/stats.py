@@ -79,6 +79,16 @@ def mean_ci(values: np.ndarray, b: int = 1000, level: float = 0.95, seed: int = 
     return float(values.mean()), [round(float(lo), 2), round(float(hi), 2)]
 
 
+def ratio_ci(a: np.ndarray, b: np.ndarray, b_draws: int = 1000, level: float = 0.95, seed: int = 0) -> list[float]:
+    """Interval of mean(a) / mean(b) for values paired by seed: the same resample of seeds for
+    both (with a handful of seeds it is wide, which is the point)."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(a), len(a)) for _ in range(b_draws)]
+    vals = [a[d].mean() / b[d].mean() for d in draws]
+    lo, hi = np.percentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return [round(float(lo), 3), round(float(hi), 3)]
+
+
 def bwt_stat(x: Scores) -> float:
     """BWT in GEM's sign (negative = forgetting): the mean over old tasks of the final score minus
     the score just after learning the task, averaged over seeds. NaN padding (a task with fewer

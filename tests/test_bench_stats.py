@@ -64,6 +64,8 @@ def test_time_ratios_divide_by_the_reference_on_the_same_seeds_only() -> None:
     units = {"per_task_lora": {"0": 1.0, "1": 1.2, "2": 1.0}, "treelora": {"0": 0.6, "1": 0.6}}
     r = time_ratios(secs, units)
     # seed 2 (the reference's slow one) is not in treelora's denominator: 65 / 100, not 65 / 133
+    ratio = r["treelora"].pop("first_task_units_ci")
     assert r["treelora"] == {"seeds": [0, 1], "seconds": 0.65, "first_task_units": round(0.6 / 1.1, 3)}
+    assert ratio == [0.5, 0.6]  # the seeds resampled together: 0.6 / 1.2 to 0.6 / 1.0
     assert "ewc" not in r  # no seed in common: no ratio
     assert r["per_task_lora"]["seconds"] == 1.0
