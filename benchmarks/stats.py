@@ -79,14 +79,21 @@ def mean_ci(values: np.ndarray, b: int = 1000, level: float = 0.95, seed: int = 
     return float(values.mean()), [round(float(lo), 2), round(float(hi), 2)]
 
 
-def ratio_ci(a: np.ndarray, b: np.ndarray, b_draws: int = 1000, level: float = 0.95, seed: int = 0) -> list[float]:
-    """Interval of mean(a) / mean(b) for values paired by seed: the same resample of seeds for
-    both (with a handful of seeds it is wide, which is the point)."""
+def paired_interval(
+    a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], float], b_draws: int = 1000, seed: int = 0
+) -> list[float]:
+    """95% bootstrap interval of stat(a, b) for values paired by position (seeds or items): the
+    same resample of positions for both."""
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(a), len(a)) for _ in range(b_draws)]
-    vals = [a[d].mean() / b[d].mean() for d in draws]
-    lo, hi = np.percentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return [round(float(lo), 3), round(float(hi), 3)]
+    vals = [stat(a[d], b[d]) for d in (rng.integers(0, len(a), len(a)) for _ in range(b_draws))]
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """Interval of mean(a) / mean(b) for values paired by seed (with a handful of seeds it is
+    wide, which is the point)."""
+    return [round(v, 3) for v in paired_interval(a, b, lambda x, y: x.mean() / y.mean())]
 
 
 def bwt_stat(x: Scores) -> float:
@@ -143,9 +150,9 @@ def paired_rate_diff(a: np.ndarray, b: np.ndarray, b_draws: int = 1000, seed: in
     """Percentage points of a's hit rate minus b's over the same items, with a 95% bootstrap
     interval (items resampled, both rates from the same draw) and its verdict."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(a), len(a)) for _ in range(b_draws)]
-    vals = [100 * (a[i].mean() - b[i].mean()) for i in draws]
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    ci = [round(float(lo), 2), round(float(hi), 2)]
+
+    def points(x: np.ndarray, y: np.ndarray) -> float:
+        return 100 * (x.mean() - y.mean())
+
+    ci = [round(v, 2) for v in paired_interval(a, b, points, b_draws, seed)]
     return {"diff": round(float(100 * (a.mean() - b.mean())), 2), "ci": ci, "verdict": verdict(ci)}

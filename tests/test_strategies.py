@@ -290,7 +290,7 @@ def test_treelora_settled_pull_stop_takes_every_pull_on_a_close_call_only(tiny_l
     tc.share_threshold = first_block + 2 * STRANGER_MARGIN  # a clear stranger: one pull settles it
     _, b, _, info = st.place(new)  # type: ignore[attr-defined]
     assert (b, info["pulls"]) == (st.tree.start, 1)  # type: ignore[attr-defined]
+    tc.share_threshold = first_block + STRANGER_MARGIN / 2
     for stop in ("separated", "decided"):  # the other stops branch at the root on one clear pull
         tc.pull_stop = stop
-        tc.share_threshold = first_block + STRANGER_MARGIN / 2
         assert st.place(new)[3]["pulls"] == 1  # type: ignore[attr-defined]
