@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from treelora_core.config import StreamConfig
 from treelora_core.data import Example
@@ -40,3 +41,22 @@ def test_unknown_strategy_is_rejected(tiny_base, tokenizer) -> None:  # type: ig
     with pytest.raises(ConfigError, match="unknown strategy"):
         ContinualLearner(tiny_base, tokenizer, StreamConfig(strategy="nope"))
     assert not any("lora" in n for n, _ in tiny_base.named_modules())  # the model was not touched
+
+
+def test_the_head_reads_a_contiguous_input_in_batched_generation(tiny_base, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Prefill hands the head a strided view of each row's last position; the hook `prepare`
+    installs copies it (a Linear on the view runs as a slow broadcast batched matmul on the CPU),
+    which changes no logit."""
+    seen: list[bool] = []
+    head = tiny_base.get_output_embeddings()
+    probe = head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    try:
+        ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        with torch.no_grad():
+            tiny_base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False)
+            strided = tiny_base.model(input_ids=ids).last_hidden_state[:, -1:]
+            assert not strided.is_contiguous()
+            assert torch.equal(head(strided), torch.nn.functional.linear(strided.contiguous(), head.weight))
+    finally:
+        probe.remove()
+    assert seen and all(seen)

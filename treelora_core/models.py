@@ -88,7 +88,17 @@ def prepare(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> tuple[PreTr
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
     return model, tok
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    """Generation's prefill gives the head the last position of each row, a strided view (B, 1, C);
+    on the CPU a Linear on such a view broadcasts its (vocab x C) weight into a batched matmul,
+    six times slower than on a contiguous copy (0.25 s against 0.04 s for 32 rows)."""
+    return (args[0].contiguous(), *args[1:])
 
 
 def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
