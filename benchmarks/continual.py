@@ -68,6 +68,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
     # first_below, and the search stops pulling early only on a decided share up to the cap
     "treelora[settled]": ("treelora", {"tree": {**FIRST_BELOW, "pull_stop": "settled"}}),
+    # the default owning its last 5 blocks instead of 10: what the owned-block count costs and saves
+    "treelora[own_5]": ("treelora", {"tree": {"min_own_blocks": 5}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -91,6 +93,7 @@ TARGET_PAIRS = (
     ("treelora[best_prefix]", "treelora[decided]"),
     ("treelora", "treelora[settled]"),
     ("treelora[first_below]", "treelora[settled]"),
+    ("treelora", "treelora[own_5]"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),
