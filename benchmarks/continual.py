@@ -68,8 +68,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "treelora[decided]": ("treelora", {"tree": {"branch_rule": "best_prefix", "pull_stop": "decided"}}),
     # first_below, and the search stops pulling early only on a decided share up to the cap
     "treelora[settled]": ("treelora", {"tree": {**FIRST_BELOW, "pull_stop": "settled"}}),
-    # the default owning its last 5 blocks instead of 10: what the owned-block count costs and saves
+    # the default owning its last 5 or 8 blocks instead of 10: what the owned-block count costs and saves
     "treelora[own_5]": ("treelora", {"tree": {"min_own_blocks": 5}}),
+    "treelora[own_8]": ("treelora", {"tree": {"min_own_blocks": 8}}),
     "treelora_paper[no_penalty]": ("treelora_paper", {"paper": {"search": "none"}}),
     "treelora_paper[random_search]": ("treelora_paper", {"paper": {"search": "random"}}),
 }
@@ -94,6 +95,9 @@ TARGET_PAIRS = (
     ("treelora", "treelora[settled]"),
     ("treelora[first_below]", "treelora[settled]"),
     ("treelora", "treelora[own_5]"),
+    ("treelora", "treelora[own_8]"),
+    ("treelora[own_5]", "per_task_lora"),
+    ("treelora[own_8]", "per_task_lora"),
     ("per_task_lora", "lora_top"),
     ("treelora_paper", "seq_lora"),
     ("treelora_paper", "treelora_paper[no_penalty]"),
