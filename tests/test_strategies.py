@@ -146,7 +146,7 @@ def test_mixed_task_predictions_match_single_requests(tiny_learner) -> None:  # 
         learner.predict(prompts, task="nope")
 
 
-def test_generate_batches_by_length_and_answers_in_the_given_order(tiny_learner) -> None:  # type: ignore[no-untyped-def]
+def test_generate_batches_by_path_and_length_and_answers_in_the_given_order(tiny_learner) -> None:  # type: ignore[no-untyped-def]
     learner = tiny_learner("treelora")
     for t in TASKS:
         learner.learn(t)
@@ -169,7 +169,8 @@ def test_generate_batches_by_length_and_answers_in_the_given_order(tiny_learner)
     assert batched == alone
     seen.clear()
     learner.generate(prompts, paths, max_new_tokens=2, batch_size=2, do_sample=True)
-    assert len(seen) == 3 and all(s for _, s in seen)  # every batch samples, not only the first
+    assert len(seen) == 4 and all(s for _, s in seen)  # every batch samples, not only the first
+    # one path per batch: three rows per task in batches of two
 
 
 def shared_weights(learner: ContinualLearner) -> torch.Tensor:

@@ -7,6 +7,7 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 
 from .models import Encoded, blocks
+from .prompt_prefix import prefix_padded
 
 
 def collate(items: list[Encoded], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,13 +82,7 @@ def left_pad(
     seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask for generation and embeddings."""
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, t - len(s) :] = torch.tensor(s)
-        mask[i, t - len(s) :] = 1
-    return ids.to(device), mask.to(device)
+    return prefix_padded(seqs, 0, pad_id, device)
 
 
 class _Stop(Exception):

@@ -1,0 +1,93 @@
+"""Shared prompt prefixes in batched generation: the prefix is read once, and every row's scores
+are those of the plain left-padded batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from treelora_core.batching import left_pad
+from treelora_core.models import blocks
+from treelora_core.prompt_prefix import MIN_SHARED, common_prefix, prefilled, prefix_padded
+
+from .conftest import toy_task
+
+INSTRUCTION = "Classify the item into one of: fruit, animal, tool, colour. Answer with one word.\nItem:"
+ITEMS = [" a ripe pear", " zebra", " the hammer on the shelf by the door", " teal", " an old rusty saw", " plum"]
+
+
+def test_common_prefix_leaves_every_row_a_token_of_its_own() -> None:
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter row keeps its last token
+    assert common_prefix([[1, 2], [1, 2]]) == 1
+    assert common_prefix([[7, 1], [8, 1]]) == 0
+    assert common_prefix([[5]]) == 0 and common_prefix([]) == 0
+
+
+def test_prefix_padded_puts_the_pads_after_the_prefix() -> None:
+    seqs = [[1, 2, 3], [1, 2, 4, 5, 6]]
+    ids, mask = prefix_padded(seqs, 2, 0)
+    assert ids.tolist() == [[1, 2, 0, 0, 3], [1, 2, 4, 5, 6]]
+    assert mask.tolist() == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+    assert [t.tolist() for t in prefix_padded(seqs, 0, 0)] == [t.tolist() for t in left_pad(seqs, 0)]
+
+
+def scores(model, ids, mask, pad_id, **kw):  # type: ignore[no-untyped-def]
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=pad_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **kw,
+    )
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, 1)  # (B, new), (B, new, V)
+
+
+@torch.no_grad()
+def test_generation_from_the_shared_prefix_gives_the_left_padded_scores(tiny_base, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    seqs = [tokenizer(INSTRUCTION + item)["input_ids"] for item in ITEMS]
+    shared = common_prefix(seqs)
+    assert shared >= MIN_SHARED
+    pad = tokenizer.pad_token_id
+    plain_ids, plain_mask = left_pad(seqs, pad)
+    want_tokens, want = scores(tiny_base, plain_ids, plain_mask, pad)
+
+    ids, mask = prefix_padded(seqs, shared, pad)
+    fed: list[int] = []
+    hook = blocks(tiny_base)[0].register_forward_pre_hook(
+        lambda m, a, kw: fed.append(int((a[0] if a else kw["hidden_states"]).shape[:2].numel())), with_kwargs=True
+    )
+    try:
+        got_tokens, got = scores(tiny_base, ids, mask, pad, past_key_values=prefilled(tiny_base, ids, shared))
+    finally:
+        hook.remove()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got_tokens, want_tokens)
+    # the prefix was read once: the first block saw (B - 1) * shared fewer token positions
+    assert sum(fed) == plain_ids.numel() + 2 * len(seqs) - (len(seqs) - 1) * shared
+
+
+@pytest.mark.parametrize("strategy", ["treelora", "seq_lora"])
+def test_the_learner_reads_a_batchs_shared_prefix_once_and_answers_as_alone(tiny_learner, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    learner = tiny_learner(strategy)
+    tasks = [toy_task("alpha", "apple"), toy_task("beta", "zebra")]
+    for t in tasks:
+        learner.learn(t)
+    prompts = [INSTRUCTION + item for item in ITEMS]
+    names = ["alpha", "beta", "alpha", "alpha", "beta", "alpha"] if learner.strategy.needs_task_id else [None] * 6
+    paths = [learner.path_for(n) for n in names]
+    fed: list[int] = []
+    hook = blocks(learner.model)[0].register_forward_pre_hook(
+        lambda m, a, kw: fed.append(int((a[0] if a else kw["hidden_states"]).shape[1])), with_kwargs=True
+    )
+    try:
+        batched = learner.generate(prompts, paths, max_new_tokens=3)
+    finally:
+        hook.remove()
+    alone = [learner.generate([p], [q], max_new_tokens=3)[0] for p, q in zip(prompts, paths, strict=True)]
+    assert batched == alone
+    longest = max(len(learner.fmt.encode_prompt(p, 3)) for p in prompts)
+    assert max(fed) < longest  # each batch's first pass read only the rows' own tokens after the prefix

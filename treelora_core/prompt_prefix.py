@@ -1,0 +1,60 @@
+"""Shared prompt prefixes in batched generation: the tokens every prompt of a batch starts with
+(an instruction, a chat template's header) are read once, not once per row.
+
+A task's prompts usually share their instruction: on the WordNet stream 55% of the prompt tokens
+of a length-sorted batch of 32 are the batch's common prefix. `prefix_padded` lays a batch out
+as [prefix | pads | each row's rest]; the prefix's keys and values are computed for one row and
+repeated to the batch, and generation goes on from them. Positions come from the attention mask
+(the pads are masked and skipped), so each row sees exactly the tokens and positions it would
+see alone: the answers are those of `left_pad`'s layout (tested), at a fraction of the prefill.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+MIN_SHARED = 8  # a shorter common prefix is not worth the extra forward call
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares, leaving each at least one token of its own
+    (generation needs one uncached token per row)."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def prefix_padded(
+    seqs: list[list[int]], shared: int, pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask with the first `shared` tokens in the first columns of every row and
+    the padding after them (`left_pad` with `shared=0`)."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :shared] = torch.tensor(s[:shared], dtype=torch.long)
+        mask[i, :shared] = 1
+        rest = len(s) - shared
+        if rest:
+            ids[i, t - rest :] = torch.tensor(s[shared:], dtype=torch.long)
+            mask[i, t - rest :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def prefilled(model: PreTrainedModel, ids: torch.Tensor, shared: int) -> Any:
+    """The KV cache of the shared prefix (read from the first row), repeated to every row: pass it
+    to `generate` as `past_key_values` with the full ids and mask. The caller routes the adapters
+    (the rows must share one path)."""
+    cache = model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    return cache
