@@ -47,6 +47,8 @@ PROFILES = {
 CHECKPOINTS = (5, 10, 15, 20)
 # paired OP differences at the end of the stream (a minus b)
 PAIRS = tuple(("treelora", b) for b in ("per_task_lora", "lora_top", "o_lora", "seq_lora"))
+# the owned-block count (one change from the default) and what it does against the upper bound
+PAIRS += (("treelora", "treelora[own_8]"), ("treelora[own_8]", "per_task_lora"))
 # the placement ablations: compared with the task id (the paths each placement built), so that a
 # cell routed by an older router (their seed 0 cells) compares like with like
 ABLATION_PAIRS = tuple(
@@ -57,6 +59,7 @@ ABLATION_PAIRS = tuple(
         "treelora[decided]",
         "treelora[settled]",
         "treelora[first_below]",
+        "treelora[own_8]",
     )
 )
 # the five methods, longest cells first so that `--jobs` workers finish together; the
