@@ -531,6 +531,37 @@ def _routing(out: list[str], folder: Path) -> None:
     _notes(out, folder, "routing-notes.md")
 
 
+PREFIX_CMD = "python -m benchmarks.prompt_prefix --trace-root ../shared/data/trace-500"
+
+
+def _prompt_prefix(out: list[str], folder: Path) -> None:
+    """Evaluation with and without the shared prompt prefix (written by `benchmarks.prompt_prefix`)."""
+    data = _section(out, folder, "Evaluation: the shared prompt prefix", PREFIX_CMD, "prompt-prefix.json")
+    if data is None:
+        return
+    out += [
+        "Every test set of a stream scored on the path of a `per_task_lora` adapter trained on the "
+        "stream's first task, in one process, both ways alternating, the fastest of "
+        f"{data['repeats']} runs each ({data['machine']}). Prefill positions: prompt tokens the model "
+        "runs before the first answer token, padding included.",
+        "",
+        "| stream | task | prompts | s shared | s plain | ratio | prefill positions shared / plain | same answers |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stream, st in data["streams"].items():
+        for r in st["tasks"]:
+            out.append(
+                f"| {stream} | {r['task']} | {r['prompts']} | {r['seconds_shared']} | {r['seconds_plain']} | "
+                f"{r['seconds_shared'] / r['seconds_plain']:.2f} | {r['prefill_positions_shared']} / "
+                f"{r['prefill_positions_plain']} | {r['same_answers']} |"
+            )
+        out.append(
+            f"| {stream} | all | {st['answers']} | {st['seconds_shared']} | {st['seconds_plain']} | "
+            f"**{st['ratio']:.2f}** | | {st['same_answers']} |"
+        )
+    out.append("")
+
+
 def render(folder: Path, suffix: str = "") -> str:
     out = [
         "# Benchmarks",
@@ -578,6 +609,7 @@ def render(folder: Path, suffix: str = "") -> str:
             )
         out.append("")
     _notes(out, folder, "notes.md")
+    _prompt_prefix(out, folder)
     _serving(out, folder)
     _routing(out, folder)
     return "\n".join(out) + "\n"

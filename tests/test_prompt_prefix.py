@@ -85,9 +85,13 @@ def test_the_learner_reads_a_batchs_shared_prefix_once_and_answers_as_alone(tiny
     )
     try:
         batched = learner.generate(prompts, paths, max_new_tokens=3)
+        shared_fed = list(fed)
+        fed.clear()
+        plain = learner.generate(prompts, paths, max_new_tokens=3, share_prefix=False)
     finally:
         hook.remove()
     alone = [learner.generate([p], [q], max_new_tokens=3)[0] for p, q in zip(prompts, paths, strict=True)]
-    assert batched == alone
+    assert batched == alone == plain
     longest = max(len(learner.fmt.encode_prompt(p, 3)) for p in prompts)
-    assert max(fed) < longest  # each batch's first pass read only the rows' own tokens after the prefix
+    assert max(shared_fed) < longest  # each batch's first pass read only the rows' own tokens after the prefix
+    assert max(fed) == longest  # without sharing, the longest batch reads its whole width

@@ -8,6 +8,7 @@ from transformers.masking_utils import create_causal_mask
 
 from .models import Encoded, blocks
 from .prompt_prefix import prefix_padded
+from .types import Path
 
 
 def collate(items: list[Encoded], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +84,20 @@ def left_pad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask for generation and embeddings."""
     return prefix_padded(seqs, 0, pad_id, device)
+
+
+def generation_batches(enc: list[list[int]], paths: list[Path], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of at most `batch_size` for generation: one path per batch (so a
+    batch's shared prompt prefix runs once, on that path), rows by prompt length, shortest
+    batches first."""
+    groups: dict[str, list[int]] = {}
+    for k, path in enumerate(paths):
+        groups.setdefault(repr(sorted(path.items())), []).append(k)
+    out = []
+    for rows in groups.values():
+        rows.sort(key=lambda k: len(enc[k]))
+        out += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    return sorted(out, key=lambda b: len(enc[b[-1]]))
 
 
 class _Stop(Exception):

@@ -14,14 +14,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batching import PrefixCache, collate, mean_pooled, model_loss
+from .batching import PrefixCache, collate, generation_batches, mean_pooled, model_loss
 from .config import StreamConfig, strategy_options
 from .data import Example, Task
 from .errors import Cancelled, Diverged, StateError, UnknownTaskError
 from .lora import LoRABank, plans_for_rows
 from .metrics import example_scores
 from .models import Encoded, Formatter, load_base
-from .prompt_prefix import MIN_SHARED, common_prefix, prefilled, prefix_padded
+from .prompt_prefix import prefilled, prefix_padded, shared_length
 from .reports import TaskReport
 from .router import PrototypeRouter
 from .strategies import make_strategy, strategy_class
@@ -253,19 +253,25 @@ class ContinualLearner:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], paths: list[Path], *, max_new_tokens: int = 8, batch_size: int = 32, **gen: Any
+        self,
+        prompts: list[str],
+        paths: list[Path],
+        *,
+        max_new_tokens: int = 8,
+        batch_size: int = 32,
+        share_prefix: bool = True,
+        **gen: Any,
     ) -> list[str]:
         """Greedy (default) or sampled generation; each row uses its own path. Rows are batched by
         path, then in order of prompt length (the answers come back in the given order), so a
-        batch pads little and the tokens its prompts start with are read once
-        (`prompt_prefix`): a row's greedy answer does not depend on the rest of its batch."""
+        batch pads little and, with `share_prefix`, the tokens its prompts start with are read
+        once (`prompt_prefix`): a row's greedy answer does not depend on the rest of its batch."""
         enc = [self.fmt.encode_prompt(p, max_new_tokens) for p in prompts]
         out: list[str] = [""] * len(enc)
         do_sample = gen.pop("do_sample", False)  # once: every batch samples (or not) alike
-        for rows in self._batches(enc, paths, batch_size):
+        for rows in generation_batches(enc, paths, batch_size):
             seqs = [enc[k] for k in rows]
-            shared = common_prefix(seqs) if len(rows) > 1 else 0
-            shared = shared if shared >= MIN_SHARED else 0
+            shared = shared_length(seqs) if share_prefix else 0
             ids, mask = prefix_padded(seqs, shared, self.tok.pad_token_id, self.device)
             generate: Any = self.model.generate
             with self.bank.routed(plans_for_rows([paths[k] for k in rows], self.bank.n_blocks)):
@@ -283,18 +289,6 @@ class ContinualLearner:
             for k, text in zip(rows, texts, strict=True):
                 out[k] = text
         return out
-
-    @staticmethod
-    def _batches(enc: list[list[int]], paths: list[Path], batch_size: int) -> list[list[int]]:
-        """Row indices in batches of at most `batch_size`: one path per batch, by prompt length."""
-        groups: dict[str, list[int]] = {}
-        for k, path in enumerate(paths):
-            groups.setdefault(repr(sorted(path.items())), []).append(k)
-        out = []
-        for rows in groups.values():
-            rows.sort(key=lambda k: len(enc[k]))
-            out += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-        return sorted(out, key=lambda b: len(enc[b[-1]]))  # shortest batches first
 
     def predict(self, prompts: list[str], task: str | None = "auto", **gen: Any) -> list[Prediction]:
         routes = self.resolve(prompts, task)

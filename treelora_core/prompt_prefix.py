@@ -33,6 +33,13 @@ def common_prefix(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def shared_length(seqs: list[list[int]]) -> int:
+    """The prefix a batch reads once: its common prefix, if at least `MIN_SHARED` tokens and
+    the batch has two rows or more, else 0."""
+    shared = common_prefix(seqs) if len(seqs) > 1 else 0
+    return shared if shared >= MIN_SHARED else 0
+
+
 def prefix_padded(
     seqs: list[list[int]], shared: int, pad_id: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
