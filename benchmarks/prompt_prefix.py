@@ -50,7 +50,7 @@ def measure(stream: str, trace_root: Path, repeats: int, seed: int) -> dict[str,
     learner = ContinualLearner(copy.deepcopy(base), tok, cfg)
     learner.learn(tasks[0])
     path = learner.path_for(tasks[0].name)
-    rows = []
+    rows: list[dict[str, Any]] = []
     learner.generate([e.prompt for e in tasks[0].test], [path] * len(tasks[0].test), max_new_tokens=4)  # warm-up
     for i, task in enumerate(tasks):
         prompts = [e.prompt for e in task.test]
@@ -76,7 +76,8 @@ def measure(stream: str, trace_root: Path, repeats: int, seed: int) -> dict[str,
             }
         )
         print(stream, rows[-1], flush=True)
-    shared, plain = (sum(r[k] for r in rows) for k in ("seconds_shared", "seconds_plain"))
+    shared = sum(float(r["seconds_shared"]) for r in rows)
+    plain = sum(float(r["seconds_plain"]) for r in rows)
     return {
         "tasks": rows,
         "seconds_shared": round(shared, 2),
