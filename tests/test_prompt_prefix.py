@@ -95,3 +95,15 @@ def test_the_learner_reads_a_batchs_shared_prefix_once_and_answers_as_alone(tiny
     longest = max(len(learner.fmt.encode_prompt(p, 3)) for p in prompts)
     assert max(shared_fed) < longest  # each batch's first pass read only the rows' own tokens after the prefix
     assert max(fed) == longest  # without sharing, the longest batch reads its whole width
+
+
+@torch.no_grad()
+def test_the_prefix_layout_without_a_cache_gives_the_same_answers(tiny_base, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A model whose cache cannot be repeated generates the layout from scratch: pads in the
+    middle are masked and skipped by the positions, so the answers are the left-padded ones."""
+    seqs = [tokenizer(INSTRUCTION + item)["input_ids"] for item in ITEMS]
+    pad = tokenizer.pad_token_id
+    want_tokens, want = scores(tiny_base, *left_pad(seqs, pad), pad)
+    got_tokens, got = scores(tiny_base, *prefix_padded(seqs, common_prefix(seqs), pad), pad)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got_tokens, want_tokens)

@@ -275,14 +275,14 @@ class ContinualLearner:
             ids, mask = prefix_padded(seqs, shared, self.tok.pad_token_id, self.device)
             generate: Any = self.model.generate
             with self.bank.routed(plans_for_rows([paths[k] for k in rows], self.bank.n_blocks)):
-                cache = {"past_key_values": prefilled(self.model, ids, shared)} if shared else {}
+                cache = prefilled(self.model, ids, shared) if shared else None
                 seqs_out = generate(
                     input_ids=ids,
                     attention_mask=mask,
                     max_new_tokens=max_new_tokens,
                     do_sample=do_sample,
                     pad_token_id=self.tok.pad_token_id,
-                    **cache,
+                    **({"past_key_values": cache} if cache is not None else {}),
                     **gen,
                 )
             texts = self.tok.batch_decode(seqs_out[:, ids.shape[1] :], skip_special_tokens=True)

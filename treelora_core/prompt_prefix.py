@@ -61,7 +61,11 @@ def prefix_padded(
 def prefilled(model: PreTrainedModel, ids: torch.Tensor, shared: int) -> Any:
     """The KV cache of the shared prefix (read from the first row), repeated to every row: pass it
     to `generate` as `past_key_values` with the full ids and mask. The caller routes the adapters
-    (the rows must share one path)."""
+    (the rows must share one path). None for a model whose cache cannot be repeated: the layout
+    is then generated from scratch, which gives the same answers (positions skip the pads)."""
     cache = model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
-    cache.batch_repeat_interleave(ids.shape[0])
+    repeat = getattr(cache, "batch_repeat_interleave", None)
+    if repeat is None:
+        return None
+    repeat(ids.shape[0])
     return cache
