@@ -134,7 +134,8 @@ def test_docs_work_offline(service: dict[str, Any], browser: Any, artifacts: Pat
 
 def test_stream_page_on_real_training(service: dict[str, Any], browser: Any, artifacts: Path, tmp_path: Path) -> None:
     base, procs = service["base"], service["procs"]
-    train = {"epochs": 4, "batch_size": 2, "max_length": 48, "lr": 5e-3}
+    # enough epochs that the bar shows two values between 0 and 100 on a fast machine too
+    train = {"epochs": 16, "batch_size": 2, "max_length": 48, "lr": 5e-3}
     tree_cfg = {"min_own_blocks": 2, "max_pulls": 2, "probe_batch": 4}
     r = httpx.post(
         f"{base}/v1/streams", json={"name": "fruit", "base_model": "tiny", "train": train, "tree": tree_cfg}, timeout=60
