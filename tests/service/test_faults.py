@@ -37,7 +37,9 @@ from .procs import PostgresServer, RedisServer, Service, settings_env, wait_for
 
 FINAL_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 OTHER = [{**r, "completion": "pear"} for r in ROWS]
-LONG = {"epochs": 12, "patience": 0, "batch_size": 8}  # 36 steps: seconds of training to break into
+# 90 steps of the tiny model: seconds of training to break into on a fast machine too (36 steps
+# could start and end between two heartbeats there, so no beat ever showed the job training)
+LONG = {"epochs": 30, "patience": 0, "batch_size": 8}
 
 
 def broker(redis_url: str) -> str:
