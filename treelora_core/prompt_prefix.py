@@ -1,12 +1,13 @@
 """Shared prompt prefixes in batched generation: the tokens every prompt of a batch starts with
 (an instruction, a chat template's header) are read once, not once per row.
 
-A task's prompts usually share their instruction: on the WordNet stream 55% of the prompt tokens
-of a length-sorted batch of 32 are the batch's common prefix. `prefix_padded` lays a batch out
-as [prefix | pads | each row's rest]; the prefix's keys and values are computed for one row and
-repeated to the batch, and generation goes on from them. Positions come from the attention mask
-(the pads are masked and skipped), so each row sees exactly the tokens and positions it would
-see alone: the answers are those of `left_pad`'s layout (tested), at a fraction of the prefill.
+A task's prompts usually share their instruction: on WordNet's five test sets the prefill runs
+9,892 prompt positions with it against 19,492 without (`python -m benchmarks.prompt_prefix`).
+`prefix_padded` lays a batch out as [prefix | pads | each row's rest]; the prefix's keys and
+values are computed for one row and repeated to the batch, and generation goes on from them.
+Positions come from the attention mask (the pads are masked and skipped), so each row sees
+exactly the tokens and positions it would see alone: the answers are those of `left_pad`'s
+layout (tested), at a fraction of the prefill.
 """
 
 from __future__ import annotations
