@@ -75,14 +75,15 @@ class Proc:
         self.handle.close()
 
 
-def wait_for(what: Callable[[], T | None], timeout: float, why: str, every: float = 0.1) -> T:
-    """Poll `what` until it returns something other than None."""
+def wait_for(what: Callable[[], T | None], timeout: float, why: str | Callable[[], str], every: float = 0.1) -> T:
+    """Poll `what` until it returns something other than None. A callable `why` is read at the
+    timeout, so a log tail in it shows what happened while waiting, not before."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (got := what()) is not None:
             return got
         time.sleep(every)
-    raise TimeoutError(why)
+    raise TimeoutError(why if isinstance(why, str) else why())
 
 
 def wait_ready(url: str, proc: Proc, timeout: float = 120) -> None:
@@ -204,7 +205,7 @@ class Service:
                 raise RuntimeError(f"the worker exited:\n{proc.tail()}")
             return True if " ready." in proc.tail() else None
 
-        wait_for(ready, self.ready_timeout, f"worker not ready:\n{proc.tail()}", every=0.3)
+        wait_for(ready, self.ready_timeout, lambda: f"worker not ready:\n{proc.tail()}", every=0.3)
 
     def worker_by_pid(self, pid: int) -> Proc:
         return next(w for w in self.workers if w.pid == pid)
@@ -300,7 +301,7 @@ class RedisServer:
             except OSError:
                 return None
 
-        wait_for(up, 30, f"redis-server not ready:\n{self.proc.tail()}")
+        wait_for(up, 30, lambda: f"redis-server not ready:\n{self.proc.tail()}")
 
     def stop(self) -> None:
         if self.proc is not None:
