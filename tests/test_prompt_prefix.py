@@ -1,13 +1,13 @@
-"""Shared prompt prefixes in batched generation: the prefix is read once, and every row's scores
-are those of the plain left-padded batch."""
+"""Shared prompt prefixes in batched generation and in the training cache's first pass: the prefix
+is read once, and every row's scores (hidden states) are those of the plain batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from treelora_core.batching import left_pad
-from treelora_core.models import blocks
+from treelora_core.batching import PrefixCache, collate, hidden_entering, left_pad, model_loss
+from treelora_core.models import Encoded, blocks
 from treelora_core.prompt_prefix import MIN_SHARED, common_prefix, prefilled, prefix_padded
 
 from .conftest import toy_task
@@ -107,3 +107,51 @@ def test_the_prefix_layout_without_a_cache_gives_the_same_answers(tiny_base, tok
     got_tokens, got = scores(tiny_base, *prefix_padded(seqs, common_prefix(seqs), pad), pad)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert torch.equal(got_tokens, want_tokens)
+
+
+def training_rows(tokenizer) -> list[Encoded]:  # type: ignore[no-untyped-def]
+    rows = []
+    for item, answer in zip(ITEMS, ["fruit", "animal", "tool", "colour", "tool", "fruit"], strict=True):
+        prompt, full = (
+            tokenizer(INSTRUCTION + item)["input_ids"],
+            tokenizer(INSTRUCTION + item + " " + answer)["input_ids"],
+        )
+        rows.append(Encoded(full, [-100] * len(prompt) + full[len(prompt) :], len(prompt)))
+    return rows
+
+
+@torch.no_grad()
+def test_the_cache_fill_reads_the_shared_prefix_once_and_equals_the_plain_pass(tiny_base, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """The hidden state entering block `start`, computed with the prefix run once, is the plain
+    forward's (right-padded rows, every position of every row), and the cached loss equals the
+    model's loss on the first pass and on the next."""
+    rows = training_rows(tokenizer)
+    ids, labels = collate(rows, tokenizer.pad_token_id)
+    start = 2
+    seen: list[torch.Tensor] = []
+    hook = blocks(tiny_base)[start].register_forward_pre_hook(
+        lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]), with_kwargs=True
+    )
+    try:
+        want_loss = model_loss(tiny_base, ids, labels)
+    finally:
+        hook.remove()
+    fed: list[int] = []
+    hook = blocks(tiny_base)[0].register_forward_pre_hook(
+        lambda m, a, kw: fed.append(int((a[0] if a else kw["hidden_states"]).shape[:2].numel())), with_kwargs=True
+    )
+    try:
+        got = hidden_entering(tiny_base, ids, start, [len(r.input_ids) for r in rows])
+    finally:
+        hook.remove()
+    for row, r in enumerate(rows):
+        n = len(r.input_ids)
+        torch.testing.assert_close(got[row, :n], seen[0][row, :n], rtol=1e-5, atol=1e-5)
+    shared = common_prefix([r.input_ids for r in rows])
+    assert shared >= MIN_SHARED
+    assert sum(fed) == ids.numel() - (len(rows) - 1) * shared  # the prefix ran for one row
+    cache = PrefixCache(tiny_base, start)
+    keys = list(range(len(rows)))
+    torch.testing.assert_close(cache.loss(ids, labels, keys, rows), want_loss, rtol=1e-5, atol=1e-5)
+    assert set(cache.store) == set(keys)
+    torch.testing.assert_close(cache.loss(ids, labels, keys, rows), want_loss, rtol=1e-5, atol=1e-5)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 
 from .models import Encoded, blocks
-from .prompt_prefix import prefix_padded
+from .prompt_prefix import prefix_padded, shared_length
 from .types import Path
 
 
@@ -34,18 +34,45 @@ def supports_resume(model: PreTrainedModel) -> bool:
     return all(hasattr(inner, a) for a in ("rotary_emb", "layers", "norm", "embed_tokens"))
 
 
+def _run_blocks(
+    model: PreTrainedModel, hidden: torch.Tensor, which: range, past: int = 0, cache: DynamicCache | None = None
+) -> torch.Tensor:
+    """`hidden` (B, T, C) through the blocks `which`, its positions starting at `past` (the length already
+    in `cache`, which the blocks extend). Right padding needs no attention mask (causal)."""
+    inner = model.model
+    pos = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)
+    mask = create_causal_mask(
+        config=model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=cache, position_ids=pos
+    )
+    pe = inner.rotary_emb(hidden, position_ids=pos)
+    for k in which:
+        hidden = inner.layers[k](
+            hidden, attention_mask=mask, position_embeddings=pe, position_ids=pos, past_key_values=cache
+        )
+    return hidden
+
+
 def forward_from(model: PreTrainedModel, hidden: torch.Tensor, start: int) -> torch.Tensor:
     """Final (normed) hidden states from the hidden state entering block `start`: (B, T, C).
     Same maths as model.model(ids); the LM head is applied by the caller."""
-    inner = model.model
-    pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    mask = create_causal_mask(
-        config=model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None, position_ids=pos
-    )
-    pe = inner.rotary_emb(hidden, position_ids=pos)
-    for layer in inner.layers[start:]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=pe, position_ids=pos)
-    return inner.norm(hidden)
+    return model.model.norm(_run_blocks(model, hidden, range(start, len(model.model.layers))))
+
+
+@torch.no_grad()
+def hidden_entering(model: PreTrainedModel, ids: torch.Tensor, start: int, lengths: list[int]) -> torch.Tensor:
+    """The hidden state entering block `start` for right-padded `ids` (rows `lengths` long), the
+    blocks before it frozen: (B, T, C). The tokens every row starts with (a task's instruction:
+    `prompt_prefix.shared_length`) run through those blocks once, for one row; each row's rest
+    runs from their keys and values at its own positions, so every row sees what it would alone."""
+    inner, b = model.model, ids.shape[0]
+    shared = shared_length([ids[i, :n].tolist() for i, n in enumerate(lengths)])
+    if not shared:
+        return _run_blocks(model, inner.embed_tokens(ids), range(start))
+    cache = DynamicCache(config=model.config)
+    head = _run_blocks(model, inner.embed_tokens(ids[:1, :shared]), range(start), 0, cache)
+    cache.batch_repeat_interleave(b)
+    rest = _run_blocks(model, inner.embed_tokens(ids[:, shared:]), range(start), shared, cache)
+    return torch.cat([head.expand(b, -1, -1), rest], dim=1)
 
 
 def head_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -62,21 +89,6 @@ def model_loss(model: PreTrainedModel, ids: torch.Tensor, labels: torch.Tensor) 
     if supports_resume(model):
         return head_loss(model, model.model(input_ids=ids).last_hidden_state, labels)
     return lm_loss(model(input_ids=ids).logits, labels)
-
-
-class PrefixCapture:
-    """Records the hidden state entering block `start` during a normal forward (first epoch)."""
-
-    def __init__(self, model: PreTrainedModel, start: int) -> None:
-        self.value: torch.Tensor | None = None
-        self.handle = blocks(model)[start].register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        h = args[0] if args else kwargs["hidden_states"]
-        self.value = h.detach()
-
-    def close(self) -> None:
-        self.handle.remove()
 
 
 def left_pad(
@@ -137,10 +149,11 @@ def mean_pooled(
 
 
 class PrefixCache:
-    """Hidden states entering block `start`, per example, recorded by the first pass over it.
+    """Hidden states entering block `start`, per example, computed by the first pass over it
+    (`hidden_entering`, which reads a batch's shared prompt prefix once).
 
     While a branch trains, blocks before `start` hold nothing trainable, so their output for an
-    example never changes: later passes start from the cached state and skip the prefix.
+    example never changes: later passes start from the cached state and skip those blocks.
     """
 
     def __init__(self, model: PreTrainedModel, start: int, *, enabled: bool = True) -> None:
@@ -156,12 +169,7 @@ class PrefixCache:
             for row, k in enumerate(keys):
                 h[row, : self.store[k].shape[0]] = self.store[k]
             return head_loss(self.model, forward_from(self.model, h, self.start), labels)
-        cap = PrefixCapture(self.model, self.start)
-        try:
-            loss = model_loss(self.model, ids, labels)
-        finally:
-            cap.close()
-        assert cap.value is not None
+        h = hidden_entering(self.model, ids, self.start, [len(item.input_ids) for item in items])
         for row, (k, item) in enumerate(zip(keys, items, strict=True)):
-            self.store[k] = cap.value[row, : len(item.input_ids)].clone()
-        return loss
+            self.store[k] = h[row, : len(item.input_ids)].clone()
+        return head_loss(self.model, forward_from(self.model, h, self.start), labels)
