@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from treelora_core.batching import PrefixCache, collate, hidden_entering, left_pad, model_loss
+from treelora_core.batching import (
+    PrefixCache,
+    collate,
+    hidden_after,
+    hidden_entering,
+    left_pad,
+    mean_pooled,
+    model_loss,
+)
 from treelora_core.models import Encoded, blocks
 from treelora_core.prompt_prefix import MIN_SHARED, common_prefix, prefilled, prefix_padded
 
@@ -155,3 +163,27 @@ def test_the_cache_fill_reads_the_shared_prefix_once_and_equals_the_plain_pass(t
     torch.testing.assert_close(cache.loss(ids, labels, keys, rows), want_loss, rtol=1e-5, atol=1e-5)
     assert set(cache.store) == set(keys)
     torch.testing.assert_close(cache.loss(ids, labels, keys, rows), want_loss, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_routing_embeddings_read_the_shared_prefix_once_and_equal_each_prompt_alone(tiny_base, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A batch's embeddings (prefix read once, right padding) are each prompt's embedding alone,
+    and those of the plain left-padded pass that any causal LM gets."""
+    seqs = [tokenizer(INSTRUCTION + item)["input_ids"] for item in ITEMS]
+    pad = tokenizer.pad_token_id
+    fed: list[int] = []
+    hook = blocks(tiny_base)[0].register_forward_pre_hook(
+        lambda m, a, kw: fed.append(int((a[0] if a else kw["hidden_states"]).shape[:2].numel())), with_kwargs=True
+    )
+    try:
+        batched = mean_pooled(tiny_base, seqs, pad, "cpu")
+    finally:
+        hook.remove()
+    alone = torch.cat([mean_pooled(tiny_base, [s], pad, "cpu") for s in seqs])
+    ids, mask = left_pad(seqs, pad)
+    h = hidden_after(tiny_base, ids, mask, max(1, len(blocks(tiny_base)) // 4))
+    plain = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched, plain, rtol=1e-4, atol=1e-4)
+    shared = common_prefix(seqs)
+    assert sum(fed) == len(seqs) * max(map(len, seqs)) - (len(seqs) - 1) * shared
