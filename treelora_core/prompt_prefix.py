@@ -8,6 +8,9 @@ values are computed for one row and repeated to the batch, and generation goes o
 Positions come from the attention mask (the pads are masked and skipped), so each row sees
 exactly the tokens and positions it would see alone: the answers are those of `left_pad`'s
 layout (tested), at a fraction of the prefill.
+
+Right-padded batches (training rows, routing prompts) need no layout: their prefix already sits
+in the first columns, and `batching.hidden_entering` uses `shared_length` the same way.
 """
 
 from __future__ import annotations
