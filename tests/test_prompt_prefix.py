@@ -149,7 +149,7 @@ def test_the_cache_fill_reads_the_shared_prefix_once_and_equals_the_plain_pass(t
         lambda m, a, kw: fed.append(int((a[0] if a else kw["hidden_states"]).shape[:2].numel())), with_kwargs=True
     )
     try:
-        got = hidden_entering(tiny_base, ids, start, [len(r.input_ids) for r in rows])
+        got = hidden_entering(tiny_base, ids, start, [r.input_ids for r in rows])
     finally:
         hook.remove()
     for row, r in enumerate(rows):

@@ -11,16 +11,18 @@ from .prompt_prefix import prefix_padded, shared_length
 from .types import Path
 
 
+def right_pad(seqs: list[list[int]], fill: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, T) rows, each sequence in its first columns and `fill` after it."""
+    out = torch.full((len(seqs), max(len(q) for q in seqs)), fill, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        out[i, : len(q)] = torch.tensor(q, dtype=torch.long)
+    return out.to(device)
+
+
 def collate(items: list[Encoded], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) ids and labels. Training needs no attention mask: with right padding
     and a causal mask, real tokens never see padding, and padded labels are -100."""
-    t = max(len(e.input_ids) for e in items)
-    ids = torch.full((len(items), t), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), t), -100, dtype=torch.long)
-    for i, e in enumerate(items):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[i, : len(e.labels)] = torch.tensor(e.labels)
-    return ids.to(device), labels.to(device)
+    return right_pad([e.input_ids for e in items], pad_id, device), right_pad([e.labels for e in items], -100, device)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -59,13 +61,13 @@ def forward_from(model: PreTrainedModel, hidden: torch.Tensor, start: int) -> to
 
 
 @torch.no_grad()
-def hidden_entering(model: PreTrainedModel, ids: torch.Tensor, start: int, lengths: list[int]) -> torch.Tensor:
-    """The hidden state entering block `start` for right-padded `ids` (rows `lengths` long), the
+def hidden_entering(model: PreTrainedModel, ids: torch.Tensor, start: int, seqs: list[list[int]]) -> torch.Tensor:
+    """The hidden state entering block `start` for `ids`, the sequences `seqs` right-padded, the
     blocks before it frozen: (B, T, C). The tokens every row starts with (a task's instruction:
     `prompt_prefix.shared_length`) run through those blocks once, for one row; each row's rest
     runs from their keys and values at its own positions, so every row sees what it would alone."""
     inner, b = model.model, ids.shape[0]
-    shared = shared_length([ids[i, :n].tolist() for i, n in enumerate(lengths)])
+    shared = shared_length(seqs)
     if not shared:
         return _run_blocks(model, inner.embed_tokens(ids), range(start))
     cache = DynamicCache(config=model.config)
@@ -145,15 +147,8 @@ def mean_pooled(
     prompts are right-padded and their shared prefix is read once (`hidden_entering`)."""
     n = max(1, len(blocks(model)) // 4)
     if supports_resume(model):
-        lengths = [len(p) for p in prompts]
-        ids = torch.full((len(prompts), max(lengths)), pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        ids = ids.to(device)
-        mask = (
-            torch.arange(ids.shape[1], device=ids.device) < torch.tensor(lengths, device=ids.device)[:, None]
-        ).long()
-        h = hidden_entering(model, ids, n, lengths)
+        ids, mask = right_pad(prompts, pad_id, device), right_pad([[1] * len(p) for p in prompts], 0, device)
+        h = hidden_entering(model, ids, n, prompts)
     else:
         ids, mask = left_pad(prompts, pad_id, device)
         h = hidden_after(model, ids, mask, n)
@@ -181,8 +176,8 @@ class PrefixCache:
             h = ids.new_zeros((len(keys), ids.shape[1], self.store[keys[0]].shape[-1]), dtype=self.store[keys[0]].dtype)
             for row, k in enumerate(keys):
                 h[row, : self.store[k].shape[0]] = self.store[k]
-            return head_loss(self.model, forward_from(self.model, h, self.start), labels)
-        h = hidden_entering(self.model, ids, self.start, [len(item.input_ids) for item in items])
-        for row, (k, item) in enumerate(zip(keys, items, strict=True)):
-            self.store[k] = h[row, : len(item.input_ids)].clone()
+        else:
+            h = hidden_entering(self.model, ids, self.start, [item.input_ids for item in items])
+            for row, (k, item) in enumerate(zip(keys, items, strict=True)):
+                self.store[k] = h[row, : len(item.input_ids)].clone()
         return head_loss(self.model, forward_from(self.model, h, self.start), labels)
